@@ -1,0 +1,177 @@
+import fnmatch
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from organizations.models import Organization
+
+
+class Product(models.TextChoices):
+    KSE = "KSE", "Katalon Studio Enterprise"
+    RE = "RE", "Katalon Runtime Engine"
+
+
+DEFAULT_LEASE_SECONDS = 300
+
+
+class LicensePoolQuerySet(models.QuerySet):
+    def for_org(self, organization):
+        return self.filter(organization=organization)
+
+    def in_force(self):
+        """Pools whose subscription runs now, by the database clock."""
+        return self.filter(starts_at__lte=Now(), expires_at__gt=Now())
+
+
+class LicensePool(models.Model):
+    """What an organization bought of one product. Every quota check locks this row first."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="pools")
+    product = models.CharField(max_length=3, choices=Product.choices)
+    quota = models.PositiveIntegerField(help_text="Concurrent online licenses (KSE: licensed users).")
+    machine_quota = models.PositiveIntegerField(help_text="Registered machines.")
+    starts_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    lease_seconds = models.PositiveIntegerField(
+        default=DEFAULT_LEASE_SECONDS, help_text="How long a session lives without a heartbeat."
+    )
+    machine_idle_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Deregister machines idle this many days; empty keeps them."
+    )
+    machine_allow_list = models.TextField(
+        blank=True,
+        help_text="One machine-id pattern per line (* and ? wildcards). Empty allows every machine.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = LicensePoolQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["organization", "product"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "product"], name="one_pool_per_product"),
+            models.CheckConstraint(condition=Q(product__in=["KSE", "RE"]), name="pool_product_valid"),
+            models.CheckConstraint(condition=Q(quota__gte=0), name="pool_quota_not_negative"),
+            models.CheckConstraint(condition=Q(machine_quota__gte=0), name="pool_machine_quota_not_negative"),
+            models.CheckConstraint(condition=Q(lease_seconds__gte=30), name="pool_lease_at_least_30s"),
+            models.CheckConstraint(condition=Q(expires_at__gt=models.F("starts_at")), name="pool_ends_after_start"),
+        ]
+
+    def __str__(self):
+        return f"{self.organization} {self.product}"
+
+    @property
+    def heartbeat_interval_seconds(self):
+        # Five chances to renew before the lease runs out: a missed beat or two never costs a license.
+        return max(10, self.lease_seconds // 5)
+
+    def allow_patterns(self):
+        return [line.strip() for line in self.machine_allow_list.splitlines() if line.strip()]
+
+    def allows_machine(self, machine_id):
+        patterns = self.allow_patterns()
+        return not patterns or any(fnmatch.fnmatchcase(machine_id, pattern) for pattern in patterns)
+
+    def is_in_force(self, now=None):
+        now = now or timezone.now()
+        return self.starts_at <= now < self.expires_at
+
+    @property
+    def status(self):
+        now = timezone.now()
+        if now < self.starts_at:
+            return "not started"
+        if now >= self.expires_at:
+            return "expired"
+        return "active"
+
+
+class LicensedUserQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(revoked_at__isnull=True)
+
+    def for_org(self, organization):
+        return self.filter(pool__organization=organization)
+
+
+class LicensedUser(models.Model):
+    """A KSE seat: the member may activate KSE. Revoked seats are kept for the record."""
+
+    pool = models.ForeignKey(LicensePool, on_delete=models.CASCADE, related_name="licensed_users")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="kse_seats")
+    granted_at = models.DateTimeField(default=timezone.now)
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    objects = LicensedUserQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["granted_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pool", "user"], condition=Q(revoked_at__isnull=True), name="one_active_seat_per_user"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.user} on {self.pool}"
+
+
+def generate_license_id():
+    return "ol_" + secrets.token_hex(8)
+
+
+class OfflineLicenseQuerySet(models.QuerySet):
+    def unexpired(self):
+        return self.filter(expires_at__gt=Now())
+
+    def for_org(self, organization):
+        return self.filter(pool__organization=organization)
+
+
+class OfflineLicense(models.Model):
+    """A signed license file for one machine. It counts against the quota until it expires and
+    cannot be revoked: the file works offline, so taking it back would be a lie."""
+
+    license_id = models.CharField(max_length=32, unique=True, default=generate_license_id, editable=False)
+    pool = models.ForeignKey(LicensePool, on_delete=models.CASCADE, related_name="offline_licenses")
+    machine_id = models.CharField(max_length=128)
+    issued_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    issued_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    file_content = models.TextField(help_text="The signed .lic file, exactly as downloaded.")
+
+    objects = OfflineLicenseQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-issued_at"]
+        indexes = [models.Index(fields=["pool", "expires_at"], name="offline_pool_expiry")]
+
+    def __str__(self):
+        return f"{self.license_id} ({self.machine_id})"
+
+    @property
+    def filename(self):
+        return f"{self.pool.product}_{self.machine_id}.lic"
+
+
+class SigningKey(models.Model):
+    """The generated Ed25519 key, kept when LICENSE_SIGNING_KEY is not configured."""
+
+    private_key_pem = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"Signing key of {self.created_at:%Y-%m-%d}"

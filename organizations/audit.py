@@ -1,0 +1,75 @@
+"""Writing the audit log. Actions call `record` inside their own transaction, so a change that
+rolls back leaves no event and an event never describes a change that did not happen."""
+
+from django.db import transaction
+
+from .models import AuditEvent
+
+
+class Action:
+    """The audit vocabulary. Pages filter by these values; renaming one orphans old events."""
+
+    ORGANIZATION_CREATED = "organization.created"
+    MEMBER_INVITED = "member.invited"
+    INVITATION_RESENT = "invitation.resent"
+    INVITATION_REVOKED = "invitation.revoked"
+    INVITATION_ACCEPTED = "invitation.accepted"
+    MEMBER_ROLE_CHANGED = "member.role_changed"
+    MEMBER_REMOVED = "member.removed"
+    OWNERSHIP_TRANSFERRED = "ownership.transferred"
+    POOL_PROVISIONED = "pool.provisioned"
+    LICENSE_GRANTED = "license.granted"
+    LICENSE_REVOKED = "license.revoked"
+    SESSION_ENDED = "session.ended"
+    MACHINE_DEACTIVATED = "machine.deactivated"
+    OFFLINE_LICENSE_CREATED = "offline_license.created"
+    API_KEY_CREATED = "api_key.created"
+    API_KEY_REVOKED = "api_key.revoked"
+    ACTIVATION_REFUSED = "activation.refused"
+
+    LABELS = {
+        ORGANIZATION_CREATED: "Created the organization",
+        MEMBER_INVITED: "Invited",
+        INVITATION_RESENT: "Resent an invitation",
+        INVITATION_REVOKED: "Revoked an invitation",
+        INVITATION_ACCEPTED: "Accepted an invitation",
+        MEMBER_ROLE_CHANGED: "Changed a role",
+        MEMBER_REMOVED: "Removed a member",
+        OWNERSHIP_TRANSFERRED: "Transferred ownership",
+        POOL_PROVISIONED: "Provisioned a license pool",
+        LICENSE_GRANTED: "Granted a license",
+        LICENSE_REVOKED: "Withdrew a license",
+        SESSION_ENDED: "Ended a session",
+        MACHINE_DEACTIVATED: "Deactivated a machine",
+        OFFLINE_LICENSE_CREATED: "Created an offline license",
+        API_KEY_CREATED: "Created an API key",
+        API_KEY_REVOKED: "Revoked an API key",
+        ACTIVATION_REFUSED: "Activation refused",
+    }
+
+    @classmethod
+    def choices(cls):
+        return list(cls.LABELS.items())
+
+
+def record(*, organization, actor, action, target=None, target_label="", before=None, after=None, ip_address=None):
+    """Write one audit event. Must run inside the transaction of the change it records."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("Audit events are written inside the transaction of the change they record.")
+    return AuditEvent.objects.create(
+        organization=organization,
+        actor=actor if actor is not None and actor.pk else None,
+        actor_label=actor.email if actor is not None and actor.pk else "",
+        action=action,
+        target_type=target._meta.model_name if target is not None else "",
+        target_id=str(target.pk) if target is not None else "",
+        target_label=target_label or (str(target) if target is not None else ""),
+        before=before,
+        after=after,
+        ip_address=ip_address,
+    )
+
+
+def client_ip(request):
+    """The address the request came from. Behind a proxy, set it to pass REMOTE_ADDR through."""
+    return request.META.get("REMOTE_ADDR") or None

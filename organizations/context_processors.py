@@ -1,0 +1,20 @@
+from .models import Membership
+
+
+def organizations(request):
+    """The current organization and the switcher's list, for the base layout."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {}
+    memberships = list(
+        Membership.objects.active().filter(user=user).select_related("organization").order_by("organization__name")
+    )
+    current = getattr(request, "organization", None)
+    if current is None and memberships:
+        current = memberships[0].organization
+    return {
+        "my_memberships": memberships,
+        "current_organization": current,
+        "current_membership": getattr(request, "membership", None)
+        or next((m for m in memberships if current and m.organization_id == current.pk), None),
+    }

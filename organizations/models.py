@@ -1,0 +1,268 @@
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.db import IntegrityError, models, transaction
+from django.db.models import Q
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+INVITATION_LIFETIME = timedelta(days=7)
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def create_user(self, email, password=None, **extra_fields):
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email).lower(), **extra_fields)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email, password=None, **extra_fields):
+        extra_fields.update(is_staff=True, is_superuser=True)
+        return self.create_user(email, password, **extra_fields)
+
+    def get_by_natural_key(self, email):
+        return self.get(email__iexact=email)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """A person. People sign in with their email address; the name is what pages show."""
+
+    email = models.EmailField(unique=True)
+    name = models.CharField(max_length=150, blank=True)
+    is_active = models.BooleanField(default=True)
+    is_staff = models.BooleanField(default=False, help_text="Operators may use the admin site.")
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS = []
+
+    class Meta:
+        constraints = [models.UniqueConstraint(Lower("email"), name="user_email_ci_unique")]
+
+    def __str__(self):
+        return self.display_name
+
+    def clean(self):
+        super().clean()
+        self.email = self.__class__.objects.normalize_email(self.email).lower()
+
+    @property
+    def display_name(self):
+        return self.name or self.email
+
+    def get_full_name(self):
+        return self.display_name
+
+    def get_short_name(self):
+        return self.display_name
+
+
+def generate_public_id():
+    # Engines carry this as -orgID; digits only, like Katalon's, and long enough that guessing
+    # one is pointless (membership is checked anyway).
+    return str(1_000_000_000 + secrets.randbelow(9_000_000_000))
+
+
+class OrganizationQuerySet(models.QuerySet):
+    def for_user(self, user):
+        return self.filter(memberships__user=user, memberships__removed_at__isnull=True)
+
+
+class Organization(models.Model):
+    public_id = models.CharField(max_length=20, unique=True, default=generate_public_id, editable=False)
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = OrganizationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def save(self, *args, **kwargs):
+        # A random id can collide; retry with a fresh one instead of failing the caller.
+        if self._state.adding:
+            for _ in range(5):
+                try:
+                    with transaction.atomic():
+                        return super().save(*args, **kwargs)
+                except IntegrityError:
+                    if Organization.objects.filter(public_id=self.public_id).exists():
+                        self.public_id = generate_public_id()
+                        continue
+                    raise
+        return super().save(*args, **kwargs)
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    MEMBER = "member", "Member"
+
+
+MANAGER_ROLES = (Role.OWNER, Role.ADMIN)
+
+
+class MembershipQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(removed_at__isnull=True)
+
+    def removed(self):
+        return self.filter(removed_at__isnull=False)
+
+    def for_org(self, organization):
+        return self.filter(organization=organization)
+
+
+class Membership(models.Model):
+    """A person's place in an organization. Removed memberships are kept for the removed list."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    joined_at = models.DateTimeField(default=timezone.now)
+    removed_at = models.DateTimeField(null=True, blank=True)
+    removed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    objects = MembershipQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["joined_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "user"],
+                condition=Q(removed_at__isnull=True),
+                name="one_active_membership_per_user",
+            ),
+            # At most one owner; the actions make it exactly one (transfer demotes, then promotes).
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=Q(role="owner", removed_at__isnull=True),
+                name="one_owner_per_organization",
+            ),
+            models.CheckConstraint(condition=Q(role__in=["owner", "admin", "member"]), name="membership_role_valid"),
+            models.CheckConstraint(
+                condition=~Q(role="owner") | Q(removed_at__isnull=True), name="owner_is_never_removed"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.user} in {self.organization} ({self.get_role_display()})"
+
+    @property
+    def is_active(self):
+        return self.removed_at is None
+
+    @property
+    def can_manage(self):
+        return self.is_active and self.role in MANAGER_ROLES
+
+    @property
+    def is_owner(self):
+        return self.is_active and self.role == Role.OWNER
+
+
+def generate_invitation_token():
+    return secrets.token_urlsafe(32)
+
+
+def default_invitation_expiry():
+    return timezone.now() + INVITATION_LIFETIME
+
+
+class InvitationQuerySet(models.QuerySet):
+    def pending(self):
+        return self.filter(accepted_at__isnull=True, revoked_at__isnull=True)
+
+    def usable(self):
+        return self.pending().filter(expires_at__gt=timezone.now())
+
+
+class Invitation(models.Model):
+    """An offer to join; the token in its link is single-use and expires."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)
+    token = models.CharField(max_length=64, unique=True, default=generate_invitation_token, editable=False)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(default=default_invitation_expiry)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = InvitationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                "organization",
+                Lower("email"),
+                condition=Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="one_pending_invitation_per_email",
+            ),
+            models.CheckConstraint(condition=~Q(role="owner"), name="invitation_never_makes_owner"),
+        ]
+
+    def __str__(self):
+        return f"Invitation of {self.email} to {self.organization}"
+
+    @property
+    def is_expired(self):
+        return self.expires_at <= timezone.now()
+
+
+class AuditEventQuerySet(models.QuerySet):
+    def for_org(self, organization):
+        return self.filter(organization=organization)
+
+
+class AuditEvent(models.Model):
+    """One thing somebody did. Written in the transaction of the change it records; never edited."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # Kept beside the foreign key so the log still reads right after an account is deleted.
+    actor_label = models.CharField(max_length=254, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
+    target_type = models.CharField(max_length=64, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=300, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organization", "-created_at"], name="audit_org_time")]
+
+    def __str__(self):
+        return f"{self.actor_label or 'system'} {self.action} {self.target_label}"

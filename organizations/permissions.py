@@ -1,0 +1,53 @@
+"""How a page finds its organization: from the URL, among the signed-in person's memberships only,
+so another organization's page or object is a 404, never a 403 that confirms it exists."""
+
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404
+
+from .models import Membership
+
+
+def org_member_required(view):
+    """The view receives the organization as `request.organization` and the person's membership as
+    `request.membership`; anybody who is not an active member gets a 404."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request, org_id, *args, **kwargs):
+        membership = get_object_or_404(
+            Membership.objects.active().select_related("organization"),
+            organization__public_id=org_id,
+            user=request.user,
+        )
+        request.membership = membership
+        request.organization = membership.organization
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def org_manager_required(view):
+    """Like org_member_required, and only owners and admins pass; members get a 403."""
+
+    @org_member_required
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.membership.can_manage:
+            raise PermissionDenied("Only owners and admins can do this.")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+def org_owner_required(view):
+    @org_member_required
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.membership.is_owner:
+            raise PermissionDenied("Only the owner can do this.")
+        return view(request, *args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class SessionsAppConfig(AppConfig):
+    verbose_name = "Machines and sessions"
+    name = "sessions_app"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,258 @@
+import hashlib
+import hmac
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Exists, OuterRef, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from licenses.models import LicensePool
+
+
+class EndReason(models.TextChoices):
+    RELEASED = "released", "Released by the engine"
+    EXPIRED = "expired", "Lease expired"
+    WITHDRAWN = "withdrawn", "Ended by an admin"
+    MACHINE_DEACTIVATED = "machine_deactivated", "Machine deactivated"
+    MEMBER_REMOVED = "member_removed", "Member removed"
+    SIGNED_IN_ELSEWHERE = "signed_in_elsewhere", "Signed in elsewhere"
+    LICENSE_EXPIRED = "license_expired", "Subscription ended"
+    QUOTA_REDUCED = "quota_reduced", "Quota reduced"
+
+
+class MachineQuerySet(models.QuerySet):
+    def registered(self):
+        return self.filter(deactivated_at__isnull=True)
+
+    def for_org(self, organization):
+        return self.filter(pool__organization=organization)
+
+    def deactivate(self, reason):
+        """Deregister these machines (their sessions must be ended by the caller first)."""
+        return self.filter(deactivated_at__isnull=True).update(deactivated_at=Now(), deactivation_reason=reason)
+
+    def idle_for_pool(self, pool):
+        """Registered machines past the pool's idle limit with no live session: due for deregistration."""
+        if not pool.machine_idle_days:
+            return self.none()
+        cutoff = timezone.now() - timezone.timedelta(days=pool.machine_idle_days)
+        return self.filter(pool=pool, deactivated_at__isnull=True, last_seen_at__lt=cutoff).exclude(
+            Exists(EngineSession.objects.live().filter(machine=OuterRef("pk")))
+        )
+
+
+class Machine(models.Model):
+    """A machine id registered with a pool. Registered machines count against the machine quota."""
+
+    pool = models.ForeignKey(LicensePool, on_delete=models.CASCADE, related_name="machines")
+    machine_id = models.CharField(max_length=128)
+    hostname = models.CharField(max_length=255, blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="machines",
+        help_text="Who activated on it last.",
+    )
+    ephemeral = models.BooleanField(default=False, help_text="Deregistered as soon as its last session ends.")
+    registered_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    deactivated_at = models.DateTimeField(null=True, blank=True)
+    deactivation_reason = models.CharField(max_length=32, blank=True)
+
+    objects = MachineQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pool", "machine_id"],
+                condition=Q(deactivated_at__isnull=True),
+                name="one_registration_per_machine_per_pool",
+            ),
+        ]
+        indexes = [models.Index(fields=["pool", "machine_id"], name="machine_pool_mid")]
+
+    def __str__(self):
+        return self.machine_id
+
+    @property
+    def is_registered(self):
+        return self.deactivated_at is None
+
+
+def generate_session_id():
+    return "s_" + secrets.token_urlsafe(18)
+
+
+class EngineSessionQuerySet(models.QuerySet):
+    def live(self):
+        """Sessions holding a license now. The database clock decides, so every web process agrees
+        and a lapsed lease stops counting the moment it lapses, before any cleanup runs."""
+        return self.filter(ended_at__isnull=True, lease_expires_at__gt=Now())
+
+    def lapsed(self):
+        """Not ended, but the lease ran out: they hold nothing and are waiting to be marked expired."""
+        return self.filter(ended_at__isnull=True, lease_expires_at__lte=Now())
+
+    def for_org(self, organization):
+        return self.filter(pool__organization=organization)
+
+    def end(self, reason):
+        """End these sessions now. Lapsed ones are recorded as expired at their lease's end, since
+        that is when they stopped holding a license. Ephemeral machines left without a live session
+        are deregistered. Returns the number of sessions ended with `reason`."""
+        open_sessions = self.filter(ended_at__isnull=True)
+        machine_ids = list(open_sessions.values_list("machine_id", flat=True).distinct())
+        if not machine_ids:
+            return 0
+        open_sessions.filter(lease_expires_at__lte=Now()).update(
+            ended_at=models.F("lease_expires_at"), end_reason=EndReason.EXPIRED
+        )
+        ended = open_sessions.filter(lease_expires_at__gt=Now()).update(ended_at=Now(), end_reason=reason)
+        Machine.objects.filter(pk__in=machine_ids).update(last_seen_at=Now())
+        Machine.objects.filter(pk__in=machine_ids, ephemeral=True).exclude(
+            Exists(EngineSession.objects.live().filter(machine=OuterRef("pk")))
+        ).deactivate("ephemeral")
+        return ended
+
+
+class EngineSession(models.Model):
+    """One engine process holding one online license: a lease kept alive by heartbeats."""
+
+    public_id = models.CharField(max_length=40, unique=True, default=generate_session_id, editable=False)
+    pool = models.ForeignKey(LicensePool, on_delete=models.CASCADE, related_name="sessions")
+    machine = models.ForeignKey(Machine, on_delete=models.CASCADE, related_name="sessions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="engine_sessions")
+    hostname = models.CharField(max_length=255, blank=True)
+    engine_version = models.CharField(max_length=64, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat_at = models.DateTimeField(default=timezone.now)
+    lease_expires_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=32, choices=EndReason.choices, blank=True)
+
+    objects = EngineSessionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True, end_reason="") | Q(ended_at__isnull=False) & ~Q(end_reason=""),
+                name="session_end_has_reason",
+            ),
+        ]
+        indexes = [
+            # The quota count on every activation: open sessions of one pool by lease end.
+            models.Index(
+                fields=["pool", "lease_expires_at"], condition=Q(ended_at__isnull=True), name="session_open_by_pool"
+            ),
+            models.Index(fields=["pool", "started_at"], name="session_pool_started"),
+            models.Index(fields=["user", "ended_at"], name="session_user_ended"),
+            models.Index(fields=["machine", "ended_at"], name="session_machine_ended"),
+        ]
+
+    def __str__(self):
+        return self.public_id
+
+    @property
+    def is_live(self):
+        return self.ended_at is None and self.lease_expires_at > timezone.now()
+
+    @property
+    def termination_reason(self):
+        """Why a session that no longer holds a license ended (lapsed leases count as expired)."""
+        return self.end_reason or EndReason.EXPIRED
+
+
+API_KEY_PREFIX = "kat_"
+
+
+def hash_api_key(raw_key):
+    # API keys carry 190+ bits of entropy, so a fast keyed hash is enough: a stolen table cannot be
+    # brute-forced, and hashing costs microseconds on the hot path instead of a password hasher's 100 ms.
+    return hmac.new(settings.SECRET_KEY.encode(), raw_key.encode(), hashlib.sha256).hexdigest()
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def usable(self):
+        return self.filter(revoked_at__isnull=True, user__is_active=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=Now())
+        )
+
+
+class ApiKey(models.Model):
+    """A person's key for the engine API. Only its hash is stored; the key is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    organization = models.ForeignKey(
+        "organizations.Organization",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="api_keys",
+        help_text="When set, the key works only for this organization.",
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The key's first characters, to recognise it by.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def generate():
+        """A new raw key: recognisable prefix, then 32 random bytes."""
+        return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+    @property
+    def status(self):
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+
+class IdempotencyRecord(models.Model):
+    """The first answer to a request carrying an Idempotency-Key, replayed to its retries."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_fingerprint = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Empty while in progress.")
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="one_record_per_idempotency_key")]
+
+    def __str__(self):
+        return self.key
+
+
+class RateLimitCounter(models.Model):
+    """Requests per bucket (a key or an address) per fixed window, shared by every web process."""
+
+    bucket = models.CharField(max_length=100)
+    window_start = models.BigIntegerField(help_text="Unix time of the window's start.")
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bucket", "window_start"], name="one_counter_per_window")]
+        indexes = [models.Index(fields=["window_start"], name="ratelimit_window")]
+
+    def __str__(self):
+        return f"{self.bucket}@{self.window_start}"

@@ -1,0 +1,14 @@
+"""Loaded with -p before Django reads its settings: the suite runs with production-like
+settings (DEBUG off), but over plain HTTP on localhost."""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key-that-is-long-enough-to-look-real-0123456789")
+os.environ["DEBUG"] = "false"
+os.environ["SECURE_SSL_REDIRECT"] = "false"
+os.environ["SECURE_HSTS_SECONDS"] = "0"
+os.environ["ALLOWED_HOSTS"] = "localhost,127.0.0.1,testserver"
+os.environ.setdefault("EMAIL_URL", "consolemail://")
+# Playwright's sync API runs an event loop in the test thread; the database calls the tests
+# make beside it are still synchronous.
+os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
