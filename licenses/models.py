@@ -1,5 +1,6 @@
 import fnmatch
 import secrets
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import models
@@ -16,6 +17,32 @@ class Product(models.TextChoices):
 
 
 DEFAULT_LEASE_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """A pool's figures, as every page and the API show them."""
+
+    quota: int
+    machine_quota: int
+    live_sessions: int
+    unexpired_offline: int
+    registered_machines: int
+    licensed_users: int | None  # KSE only
+
+    @property
+    def used(self):
+        """Licenses taken: KSE by licensed users, RE by live sessions; offline licenses for both."""
+        held = self.licensed_users if self.licensed_users is not None else self.live_sessions
+        return held + self.unexpired_offline
+
+    @property
+    def available(self):
+        return max(0, self.quota - self.used)
+
+    @property
+    def machines_available(self):
+        return max(0, self.machine_quota - self.registered_machines)
 
 
 class LicensePoolQuerySet(models.QuerySet):
@@ -76,6 +103,17 @@ class LicensePool(models.Model):
     def allows_machine(self, machine_id):
         patterns = self.allow_patterns()
         return not patterns or any(fnmatch.fnmatchcase(machine_id, pattern) for pattern in patterns)
+
+    def usage(self):
+        """Counted now, against the database clock. Callers that enforce a limit lock the pool first."""
+        return PoolUsage(
+            quota=self.quota,
+            machine_quota=self.machine_quota,
+            live_sessions=self.sessions.live().count(),
+            unexpired_offline=self.offline_licenses.unexpired().count(),
+            registered_machines=self.machines.registered().count(),
+            licensed_users=self.licensed_users.active().count() if self.product == Product.KSE else None,
+        )
 
     def is_in_force(self, now=None):
         now = now or timezone.now()

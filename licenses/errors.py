@@ -1,0 +1,76 @@
+"""Refusals raised by the license actions. Each interface translates them: the engine API into its
+coded JSON error (contract/engine-api.md) with `status`, the pages into a message beside the form."""
+
+
+class LicenseRefusal(Exception):
+    code = "refused"
+    status = 409
+
+    def __init__(self, message, *, details=None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class SessionQuotaExceeded(LicenseRefusal):
+    code = "session_quota_exceeded"
+    status = 409
+
+
+class MachineQuotaExceeded(LicenseRefusal):
+    code = "machine_quota_exceeded"
+    status = 409
+
+
+class SeatQuotaExceeded(LicenseRefusal):
+    """KSE: granting would make licensed users (plus unexpired offline licenses) exceed the quota."""
+
+    code = "seat_quota_exceeded"
+    status = 409
+
+
+class NotLicensed(LicenseRefusal):
+    code = "not_licensed"
+    status = 403
+
+
+class LicenseExpired(LicenseRefusal):
+    code = "license_expired"
+    status = 403
+
+
+class MachineNotAllowed(LicenseRefusal):
+    code = "machine_not_allowed"
+    status = 403
+
+
+class OrganizationNotFound(LicenseRefusal):
+    code = "organization_not_found"
+    status = 404
+
+
+class NoLicensePool(LicenseRefusal):
+    code = "no_license_pool"
+    status = 404
+
+
+class OrganizationRequired(LicenseRefusal):
+    code = "organization_required"
+    status = 409
+
+
+class SessionNotFound(LicenseRefusal):
+    code = "session_not_found"
+    status = 404
+
+
+class SessionTerminated(LicenseRefusal):
+    code = "session_terminated"
+    status = 410
+
+
+class InvalidRequest(LicenseRefusal):
+    """A page or command asked for something impossible (an expiry past the subscription, say)."""
+
+    code = "invalid_request"
+    status = 400
