@@ -112,8 +112,29 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_MANIFEST_STRICT = False
 
-EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
-vars().update(EMAIL_CONFIG)
+# EMAIL_URL in django-environ's form, translated to Django 6.1's MAILERS.
+_email = env.email_url("EMAIL_URL", default="consolemail://")
+_smtp_options = {
+    "host": _email.get("EMAIL_HOST"),
+    "port": _email.get("EMAIL_PORT"),
+    "username": _email.get("EMAIL_HOST_USER"),
+    "password": _email.get("EMAIL_HOST_PASSWORD"),
+    "use_tls": _email.get("EMAIL_USE_TLS"),
+    "use_ssl": _email.get("EMAIL_USE_SSL"),
+    "timeout": 10,
+}
+MAILERS = {
+    "default": {
+        "BACKEND": _email["EMAIL_BACKEND"],
+        "OPTIONS": {key: value for key, value in _smtp_options.items() if value not in (None, "")}
+        if _email["EMAIL_BACKEND"].endswith("smtp.EmailBackend")
+        else {},
+    }
+}
+# Without EMAIL_URL mail goes to the console on purpose: invitation and password links are shown
+# in the portal too, so an installation without a mail server still works. The deploy check's
+# complaint about the console backend is for that default only; a configured EMAIL_URL is checked.
+SILENCED_SYSTEM_CHECKS = [] if env("EMAIL_URL", default="") else ["mail.E001"]
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Katalon Admin <noreply@localhost>")
 
 # Offline license files are signed with this Ed25519 key (PEM); without it one is generated

@@ -8,7 +8,6 @@ os.environ["DEBUG"] = "false"
 os.environ["SECURE_SSL_REDIRECT"] = "false"
 os.environ["SECURE_HSTS_SECONDS"] = "0"
 os.environ["ALLOWED_HOSTS"] = "localhost,127.0.0.1,testserver"
-os.environ.setdefault("EMAIL_URL", "consolemail://")
 # Playwright's sync API runs an event loop in the test thread; the database calls the tests
 # make beside it are still synchronous.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
