@@ -1,11 +1,13 @@
 import fnmatch
+import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Now
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from organizations.models import Organization
@@ -17,6 +19,49 @@ class Product(models.TextChoices):
 
 
 DEFAULT_LEASE_SECONDS = 300
+MINIMUM_LEASE_SECONDS = 30
+MACHINE_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def is_valid_machine_id(machine_id):
+    return isinstance(machine_id, str) and MACHINE_ID_PATTERN.fullmatch(machine_id) is not None
+
+
+def end_of_day(day):
+    """Subscriptions and offline licenses run to the last second of their final day, in UTC."""
+    return datetime.combine(day, time(23, 59, 59), tzinfo=UTC)
+
+
+def default_expiry(starts_at):
+    """One year of subscription: a pool starting on 28 November runs to the end of 27 November."""
+    start_day = starts_at.astimezone(UTC).date()
+    try:
+        anniversary = start_day.replace(year=start_day.year + 1)
+    except ValueError:  # 29 February
+        anniversary = start_day.replace(year=start_day.year + 1, day=28) + timedelta(days=1)
+    return end_of_day(anniversary - timedelta(days=1))
+
+
+def pool_term_errors(*, quota, machine_quota, starts_at, expires_at, lease_seconds, machine_idle_days):
+    """What is wrong with a pool's terms, by field; empty when they are sound. Shared by the
+    provisioning action, the admin form and the management command so all three refuse alike."""
+    errors = {}
+    for field, value, label in (("quota", quota, "The quota"), ("machine_quota", machine_quota, "The machine quota")):
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors[field] = f"{label} must be a whole number."
+        elif value < 0:
+            errors[field] = f"{label} cannot be negative."
+    if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, int):
+        errors["lease_seconds"] = "The lease must be a whole number of seconds."
+    elif lease_seconds < MINIMUM_LEASE_SECONDS:
+        errors["lease_seconds"] = f"The lease must be at least {MINIMUM_LEASE_SECONDS} seconds."
+    if machine_idle_days is not None and (
+        isinstance(machine_idle_days, bool) or not isinstance(machine_idle_days, int) or machine_idle_days < 0
+    ):
+        errors["machine_idle_days"] = "The machine idle limit must be a number of days (0 keeps machines registered)."
+    if starts_at is not None and expires_at is not None and expires_at <= starts_at:
+        errors["expires_at"] = "The subscription must end after it starts."
+    return errors
 
 
 @dataclass(frozen=True)
@@ -105,14 +150,31 @@ class LicensePool(models.Model):
         return not patterns or any(fnmatch.fnmatchcase(machine_id, pattern) for pattern in patterns)
 
     def usage(self):
-        """Counted now, against the database clock. Callers that enforce a limit lock the pool first."""
+        """Counted now, against the database clock, in one query. Callers that enforce a limit lock
+        the pool first."""
+
+        def count(queryset):
+            per_pool = queryset.filter(pool=models.OuterRef("pk")).order_by().values("pool")
+            return Coalesce(models.Subquery(per_pool.annotate(n=models.Count("pk")).values("n")), 0)
+
+        counts = (
+            LicensePool.objects.filter(pk=self.pk)
+            .annotate(
+                n_live_sessions=count(self.sessions.model.objects.live()),
+                n_unexpired_offline=count(OfflineLicense.objects.unexpired()),
+                n_registered_machines=count(self.machines.model.objects.registered()),
+                n_licensed_users=count(LicensedUser.objects.active()),
+            )
+            .values("n_live_sessions", "n_unexpired_offline", "n_registered_machines", "n_licensed_users")
+            .get()
+        )
         return PoolUsage(
             quota=self.quota,
             machine_quota=self.machine_quota,
-            live_sessions=self.sessions.live().count(),
-            unexpired_offline=self.offline_licenses.unexpired().count(),
-            registered_machines=self.machines.registered().count(),
-            licensed_users=self.licensed_users.active().count() if self.product == Product.KSE else None,
+            live_sessions=counts["n_live_sessions"],
+            unexpired_offline=counts["n_unexpired_offline"],
+            registered_machines=counts["n_registered_machines"],
+            licensed_users=counts["n_licensed_users"] if self.product == Product.KSE else None,
         )
 
     def is_in_force(self, now=None):
@@ -201,6 +263,10 @@ class OfflineLicense(models.Model):
         return f"{self.license_id} ({self.machine_id})"
 
     @property
+    def is_expired(self):
+        return self.expires_at <= timezone.now()
+
+    @property
     def filename(self):
         return f"{self.pool.product}_{self.machine_id}.lic"
 
@@ -208,8 +274,14 @@ class OfflineLicense(models.Model):
 class SigningKey(models.Model):
     """The generated Ed25519 key, kept when LICENSE_SIGNING_KEY is not configured."""
 
+    # One row only: two processes generating a key at once both insert slot 1 and the second
+    # insert is dropped, so every process signs with the same key.
+    slot = models.PositiveSmallIntegerField(default=1, unique=True, editable=False)
     private_key_pem = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(slot=1), name="one_signing_key")]
 
     def __str__(self):
         return f"Signing key of {self.created_at:%Y-%m-%d}"

@@ -37,13 +37,16 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _plain_static_files():
-    # Production uses hashed static names after collectstatic; tests serve the source files.
+def _test_settings():
     with override_settings(
+        # Production uses hashed static names after collectstatic; tests serve the source files.
         STORAGES={
             "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
             "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-        }
+        },
+        # Factories hash a password per person and tests make hundreds of people; the real
+        # hasher's deliberate slowness would dominate the suite's time.
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
     ):
         yield
 

@@ -1,0 +1,343 @@
+"""Writes to license pools. Each action is one transaction that locks the pool row first, counts,
+then writes, and records its audit event inside that transaction, so any number of web processes
+can grant, end and provision at once without a limit ever being overstepped.
+
+Lock order, everywhere: the Organization row before LicensePool rows, pools in id order; a pool
+lock is never followed by an organization lock."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from organizations.audit import Action, record
+from organizations.models import Membership, Organization, User
+from sessions_app.models import EndReason, EngineSession, Machine
+
+from . import signing
+from .errors import (
+    InvalidRequest,
+    LicenseExpired,
+    MachineNotAllowed,
+    SeatQuotaExceeded,
+    SessionNotFound,
+    SessionQuotaExceeded,
+)
+from .models import (
+    DEFAULT_LEASE_SECONDS,
+    LicensedUser,
+    LicensePool,
+    OfflineLicense,
+    Product,
+    default_expiry,
+    is_valid_machine_id,
+    pool_term_errors,
+)
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    pool: LicensePool
+    created: bool
+    sessions_ended: int
+
+
+def _lock_pool(pool_id: int) -> LicensePool:
+    return LicensePool.objects.select_for_update().select_related("organization").get(pk=pool_id)
+
+
+def _pool_terms(pool: LicensePool) -> dict:
+    return {
+        "quota": pool.quota,
+        "machine_quota": pool.machine_quota,
+        "starts_at": pool.starts_at.isoformat(),
+        "expires_at": pool.expires_at.isoformat(),
+        "lease_seconds": pool.lease_seconds,
+        "machine_idle_days": pool.machine_idle_days,
+        "machine_allow_list": pool.machine_allow_list,
+    }
+
+
+def _end_sessions_over_quota(pool: LicensePool) -> int:
+    """End the newest live sessions until live sessions plus unexpired offline licenses fit the
+    quota: the newest have done the least work, so ending them costs the least."""
+    usage = pool.usage()
+    excess = usage.live_sessions + usage.unexpired_offline - pool.quota
+    if excess <= 0:
+        return 0
+    newest = list(pool.sessions.live().order_by("-started_at", "-id").values_list("pk", flat=True)[:excess])
+    return EngineSession.objects.filter(pk__in=newest).end(EndReason.QUOTA_REDUCED)
+
+
+@transaction.atomic
+def provision_pool(
+    *,
+    organization: Organization,
+    product: str,
+    quota: int,
+    machine_quota: int | None = None,
+    starts_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    lease_seconds: int | None = None,
+    machine_idle_days: int | None = None,
+    machine_allow_list: str | None = None,
+    actor: User | None = None,
+    ip_address: str | None = None,
+) -> ProvisionResult:
+    """Create the organization's pool for `product` or change its terms (a purchase or renewal).
+
+    Arguments left as None keep a pool's current terms; a new pool gets the defaults: machine
+    quota equal to the quota, starting now, running one year, 300-second leases, no machine idle
+    limit. When changing, a machine quota that followed the quota keeps following it.
+    `machine_idle_days=0` removes the idle limit. Lowering the quota below what is in
+    use ends the newest live sessions with reason `quota_reduced`."""
+    if product not in Product.values:
+        raise InvalidRequest(
+            f"Unknown product {product!r}: choose {' or '.join(Product.values)}.",
+            details={"fields": {"product": ["Unknown product."]}},
+        )
+    Organization.objects.select_for_update().get(pk=organization.pk)
+    pool = LicensePool.objects.select_for_update().filter(organization=organization, product=product).first()
+    created = pool is None
+    before = None if created else _pool_terms(pool)
+    if created:
+        starts_at = starts_at or timezone.now()
+        pool = LicensePool(
+            organization=organization,
+            product=product,
+            quota=quota,
+            machine_quota=quota if machine_quota is None else machine_quota,
+            starts_at=starts_at,
+            expires_at=expires_at or default_expiry(starts_at),
+            lease_seconds=DEFAULT_LEASE_SECONDS if lease_seconds is None else lease_seconds,
+            machine_idle_days=machine_idle_days or None,
+            machine_allow_list=machine_allow_list or "",
+        )
+    else:
+        if machine_quota is None:
+            machine_quota = quota if pool.machine_quota == pool.quota else pool.machine_quota
+        pool.quota = quota
+        pool.machine_quota = machine_quota
+        pool.starts_at = starts_at or pool.starts_at
+        pool.expires_at = expires_at or pool.expires_at
+        if lease_seconds is not None:
+            pool.lease_seconds = lease_seconds
+        if machine_idle_days is not None:
+            pool.machine_idle_days = machine_idle_days or None
+        if machine_allow_list is not None:
+            pool.machine_allow_list = machine_allow_list
+    errors = pool_term_errors(
+        quota=pool.quota,
+        machine_quota=pool.machine_quota,
+        starts_at=pool.starts_at,
+        expires_at=pool.expires_at,
+        lease_seconds=pool.lease_seconds,
+        machine_idle_days=machine_idle_days,
+    )
+    if errors:
+        raise InvalidRequest(" ".join(errors.values()), details={"fields": {k: [v] for k, v in errors.items()}})
+    pool.save()
+    sessions_ended = 0 if created else _end_sessions_over_quota(pool)
+    record(
+        organization=organization,
+        actor=actor,
+        action=Action.POOL_PROVISIONED,
+        target=pool,
+        before=before,
+        after=_pool_terms(pool) | {"sessions_ended": sessions_ended},
+        ip_address=ip_address,
+    )
+    return ProvisionResult(pool=pool, created=created, sessions_ended=sessions_ended)
+
+
+def _refuse_unless_in_force(pool: LicensePool) -> None:
+    if not pool.is_in_force():
+        when = "has not started yet" if timezone.now() < pool.starts_at else "has ended"
+        raise LicenseExpired(
+            f"The {pool.get_product_display()} subscription of {pool.organization} {when} "
+            f"(it runs from {pool.starts_at:%Y-%m-%d} to {pool.expires_at:%Y-%m-%d})."
+        )
+
+
+@transaction.atomic
+def grant_licenses(
+    *, pool: LicensePool, users: Iterable[User], actor: User | None, ip_address: str | None = None
+) -> list[LicensedUser]:
+    """Make members licensed users of a KSE pool, all or none. Members who already hold a license
+    are left as they are (a repeated or concurrent grant is not an error); returns the new seats."""
+    pool = _lock_pool(pool.pk)
+    if pool.product != Product.KSE:
+        raise InvalidRequest("Licenses are assigned to people only for Katalon Studio Enterprise.")
+    _refuse_unless_in_force(pool)
+    wanted = {user.pk: user for user in users}
+    if not wanted:
+        raise InvalidRequest("Choose at least one member.", details={"fields": {"users": ["Choose a member."]}})
+    members = set(
+        Membership.objects.active().for_org(pool.organization).filter(user__in=wanted).values_list("user", flat=True)
+    )
+    outsiders = [user for pk, user in wanted.items() if pk not in members]
+    if outsiders:
+        names = ", ".join(sorted(user.display_name for user in outsiders))
+        raise InvalidRequest(
+            f"Only members of {pool.organization} can be licensed: {names} is not a member.",
+            details={"fields": {"users": ["Not a member."]}},
+        )
+    already = set(pool.licensed_users.active().filter(user__in=wanted).values_list("user", flat=True))
+    new_users = [user for pk, user in wanted.items() if pk not in already]
+    if not new_users:
+        return []
+    usage = pool.usage()
+    if usage.used + len(new_users) > pool.quota:
+        if usage.available == 0:
+            message = f"{usage.used} of {pool.quota} licenses are assigned in {pool.organization}; revoke one first."
+        else:
+            message = (
+                f"Only {usage.available} of {pool.quota} licenses are available in {pool.organization}; "
+                f"you chose {len(new_users)} members."
+            )
+        raise SeatQuotaExceeded(message, details={"quota": pool.quota, "used": usage.used})
+    now = timezone.now()
+    seats = LicensedUser.objects.bulk_create(
+        [LicensedUser(pool=pool, user=user, granted_at=now, granted_by=actor) for user in new_users]
+    )
+    for seat in seats:
+        record(
+            organization=pool.organization,
+            actor=actor,
+            action=Action.LICENSE_GRANTED,
+            target=seat,
+            target_label=f"{seat.user.email} ({pool.product})",
+            ip_address=ip_address,
+        )
+    return seats
+
+
+@transaction.atomic
+def revoke_licenses(
+    *, pool: LicensePool, users: Iterable[User], actor: User | None, ip_address: str | None = None
+) -> list[LicensedUser]:
+    """Withdraw these people's licenses in the pool and end their live sessions in it (reason
+    `withdrawn`). People without a license are skipped; returns the revoked seats."""
+    pool = _lock_pool(pool.pk)
+    user_ids = {user.pk for user in users}
+    seats = list(pool.licensed_users.active().filter(user__in=user_ids).select_related("user"))
+    if not seats:
+        return []
+    now = timezone.now()
+    LicensedUser.objects.filter(pk__in=[seat.pk for seat in seats]).update(revoked_at=now, revoked_by=actor)
+    EngineSession.objects.filter(pool=pool, user__in=[seat.user_id for seat in seats]).end(EndReason.WITHDRAWN)
+    for seat in seats:
+        seat.revoked_at, seat.revoked_by = now, actor
+        record(
+            organization=pool.organization,
+            actor=actor,
+            action=Action.LICENSE_REVOKED,
+            target=seat,
+            target_label=f"{seat.user.email} ({pool.product})",
+            ip_address=ip_address,
+        )
+    return seats
+
+
+@transaction.atomic
+def withdraw_session(
+    *, organization: Organization, session: EngineSession, actor: User | None, ip_address: str | None = None
+) -> bool:
+    """An admin ends one live session (reason `withdrawn`), freeing its license at once. Returns
+    False when the session had already ended or lapsed."""
+    pool = _lock_pool(session.pool_id)
+    if pool.organization_id != organization.pk:
+        raise SessionNotFound("That session does not belong to this organization.")
+    if not pool.sessions.live().filter(pk=session.pk).exists():
+        return False
+    EngineSession.objects.filter(pk=session.pk).end(EndReason.WITHDRAWN)
+    record(
+        organization=organization,
+        actor=actor,
+        action=Action.SESSION_ENDED,
+        target=session,
+        target_label=f"{session.public_id} on {session.machine.machine_id} ({pool.product})",
+        after={"reason": EndReason.WITHDRAWN},
+        ip_address=ip_address,
+    )
+    return True
+
+
+@transaction.atomic
+def deactivate_machine(*, machine: Machine, actor: User | None, ip_address: str | None = None) -> bool:
+    """End the machine's live sessions (reason `machine_deactivated`) and deregister it, freeing
+    its machine slot. Returns False when it was no longer registered."""
+    pool = _lock_pool(machine.pool_id)
+    if not Machine.objects.filter(pk=machine.pk).registered().exists():
+        return False
+    sessions_ended = EngineSession.objects.filter(machine=machine).end(EndReason.MACHINE_DEACTIVATED)
+    Machine.objects.filter(pk=machine.pk).deactivate("deactivated")
+    record(
+        organization=pool.organization,
+        actor=actor,
+        action=Action.MACHINE_DEACTIVATED,
+        target=machine,
+        target_label=f"{machine.machine_id} ({pool.product})",
+        after={"sessions_ended": sessions_ended},
+        ip_address=ip_address,
+    )
+    return True
+
+
+@transaction.atomic
+def create_offline_license(
+    *, pool: LicensePool, machine_id: str, expires_at: datetime, actor: User | None, ip_address: str | None = None
+) -> OfflineLicense:
+    """Issue a signed offline license for one machine. It takes one license until it expires,
+    which is at the latest when the subscription ends."""
+    if not is_valid_machine_id(machine_id):
+        raise InvalidRequest(
+            "The machine id must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'.",
+            details={"fields": {"machine_id": ["Invalid machine id."]}},
+        )
+    pool = _lock_pool(pool.pk)
+    _refuse_unless_in_force(pool)
+    now = timezone.now()
+    if expires_at <= now:
+        raise InvalidRequest(
+            "An offline license must expire in the future.", details={"fields": {"expires_at": ["In the past."]}}
+        )
+    if expires_at > pool.expires_at:
+        raise InvalidRequest(
+            f"An offline license cannot outlast the subscription, which ends on {pool.expires_at:%Y-%m-%d %H:%M} UTC.",
+            details={"fields": {"expires_at": ["After the subscription ends."]}},
+        )
+    if not pool.allows_machine(machine_id):
+        raise MachineNotAllowed(f"The machine id {machine_id} is not on the {pool.product} pool's allow-list.")
+    usage = pool.usage()
+    if usage.available == 0:
+        taken = "licensed users" if pool.product == Product.KSE else "live sessions"
+        held = usage.licensed_users if pool.product == Product.KSE else usage.live_sessions
+        raise SessionQuotaExceeded(
+            f"No license is available in {pool.organization}: {usage.used} of {pool.quota} are taken "
+            f"({held} {taken}, {usage.unexpired_offline} offline licenses).",
+            details={"quota": pool.quota, "used": usage.used},
+        )
+    offline = OfflineLicense(pool=pool, machine_id=machine_id, issued_at=now, expires_at=expires_at, issued_by=actor)
+    offline.file_content = signing.sign_license_file(
+        {
+            "license_id": offline.license_id,
+            "organization": {"id": pool.organization.public_id, "name": pool.organization.name},
+            "product": pool.product,
+            "machine_id": machine_id,
+            "issued_at": signing.iso_utc(now),
+            "expires_at": signing.iso_utc(expires_at),
+        }
+    )
+    offline.save()
+    record(
+        organization=pool.organization,
+        actor=actor,
+        action=Action.OFFLINE_LICENSE_CREATED,
+        target=offline,
+        target_label=f"{machine_id} ({pool.product}) until {expires_at:%Y-%m-%d}",
+        ip_address=ip_address,
+    )
+    return offline

@@ -1,0 +1,274 @@
+"""The Licenses pages: one tab per product. Every write is one action; with htmx the changed section
+comes back with the subscription figures out-of-band, without it a plain post and redirect."""
+
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models.functions import Now
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.utils.http import content_disposition_header
+from django.views.decorators.http import require_GET, require_POST
+
+from organizations.audit import client_ip
+from organizations.models import Membership
+from organizations.permissions import org_manager_required, org_member_required
+from sessions_app.models import Machine
+
+from . import actions
+from .errors import LicenseRefusal
+from .forms import GrantForm, OfflineLicenseForm, RevokeForm
+from .models import LicensedUser, LicensePool, OfflineLicense, Product
+
+TEMPLATE = "licenses/product.html"
+PAGE_SIZE = 25
+PAGE_PARAMS = ("seats_page", "sessions_page", "machines_page", "offline_page")
+
+
+@org_member_required
+def licenses(request):
+    pool = LicensePool.objects.for_org(request.organization).order_by("product").first()
+    if pool is not None:
+        return redirect("licenses_product", request.organization.public_id, pool.product)
+    return render(request, "licenses/no_pools.html")
+
+
+@require_GET
+@org_member_required
+def product_page(request, product):
+    pool = _pool_or_404(request, product)
+    return render(request, TEMPLATE, _context(request, pool))
+
+
+@require_POST
+@org_manager_required
+def grant(request, product):
+    pool = _pool_or_404(request, product, kse_only=True)
+    form = GrantForm(request.POST, organization=request.organization)
+    refusal = notice = None
+    if form.is_valid():
+        chosen = form.cleaned_data["users"]
+        try:
+            seats = actions.grant_licenses(pool=pool, users=chosen, actor=request.user, ip_address=client_ip(request))
+        except LicenseRefusal as error:
+            refusal = error.message
+        else:
+            notice = _granted_notice(seats, len(chosen))
+    else:
+        refusal = _first_error(form)
+    if refusal is None and not request.htmx:
+        messages.success(request, notice)
+        return redirect("licenses_product", request.organization.public_id, pool.product)
+    selected = {user.pk for user in form.cleaned_data.get("users", [])} if refusal else set()
+    return _respond(
+        request,
+        pool,
+        "licensed_users",
+        oob=("subscription",),
+        extra={"grant_refusal": refusal, "seats_notice": notice, "grant_selected": selected},
+    )
+
+
+@require_POST
+@org_manager_required
+def revoke(request, product):
+    pool = _pool_or_404(request, product, kse_only=True)
+    form = RevokeForm(request.POST, pool=pool)
+    refusal = notice = None
+    if form.is_valid():
+        seats = actions.revoke_licenses(
+            pool=pool, users=form.cleaned_data["users"], actor=request.user, ip_address=client_ip(request)
+        )
+        names = ", ".join(seat.user.display_name for seat in seats)
+        notice = f"Withdrew the license of {names}." if seats else "Nobody chosen still held a license."
+    else:
+        refusal = _first_error(form)
+    if refusal is None and not request.htmx:
+        messages.success(request, notice)
+        return redirect("licenses_product", request.organization.public_id, pool.product)
+    return _respond(
+        request,
+        pool,
+        "licensed_users",
+        oob=("subscription", "sessions", "machines"),
+        extra={"revoke_refusal": refusal, "seats_notice": notice},
+    )
+
+
+@require_POST
+@org_manager_required
+def end_session(request, product, session_id):
+    pool = _pool_or_404(request, product)
+    session = get_object_or_404(pool.sessions.select_related("machine"), public_id=session_id)
+    ended = actions.withdraw_session(
+        organization=request.organization, session=session, actor=request.user, ip_address=client_ip(request)
+    )
+    if ended:
+        notice = f"Ended the session on {session.machine.machine_id}; its license is free."
+    else:
+        notice = f"The session on {session.machine.machine_id} had already ended."
+    if not request.htmx:
+        messages.success(request, notice)
+        return redirect("licenses_product", request.organization.public_id, pool.product)
+    return _respond(request, pool, "sessions", oob=("subscription", "machines"), extra={"sessions_notice": notice})
+
+
+@require_POST
+@org_manager_required
+def deactivate(request, product, machine_pk):
+    pool = _pool_or_404(request, product)
+    machine = get_object_or_404(pool.machines.all(), pk=machine_pk)
+    deactivated = actions.deactivate_machine(machine=machine, actor=request.user, ip_address=client_ip(request))
+    if deactivated:
+        notice = f"Deactivated {machine.machine_id}; its sessions ended and its machine slot is free."
+    else:
+        notice = f"{machine.machine_id} was no longer registered."
+    if not request.htmx:
+        messages.success(request, notice)
+        return redirect("licenses_product", request.organization.public_id, pool.product)
+    return _respond(request, pool, "machines", oob=("subscription", "sessions"), extra={"machines_notice": notice})
+
+
+@require_POST
+@org_manager_required
+def create_offline(request, product):
+    pool = _pool_or_404(request, product)
+    form = OfflineLicenseForm(request.POST, pool=pool)
+    refusal = created = None
+    if form.is_valid():
+        try:
+            created = actions.create_offline_license(
+                pool=pool,
+                machine_id=form.cleaned_data["machine_id"],
+                expires_at=form.expires_at,
+                actor=request.user,
+                ip_address=client_ip(request),
+            )
+        except LicenseRefusal as error:
+            refusal = error.message
+    if created is not None and not request.htmx:
+        messages.success(request, f"Created an offline license for {created.machine_id}: download it below.")
+        return redirect("licenses_product", request.organization.public_id, pool.product)
+    extra = {"offline_refusal": refusal, "offline_created": created}
+    if created is None:
+        extra["offline_form"] = form
+    return _respond(request, pool, "offline", oob=("subscription",), extra=extra)
+
+
+@require_GET
+@org_manager_required
+def download_offline(request, product, license_id):
+    pool = _pool_or_404(request, product)
+    offline = get_object_or_404(pool.offline_licenses.select_related("pool"), license_id=license_id)
+    return HttpResponse(
+        offline.file_content,
+        content_type="application/json; charset=utf-8",
+        headers={"Content-Disposition": content_disposition_header(True, offline.filename)},
+    )
+
+
+def _pool_or_404(request, product, *, kse_only=False):
+    if product not in Product.values or (kse_only and product != Product.KSE):
+        raise Http404("No such product.")
+    return get_object_or_404(LicensePool.objects.for_org(request.organization), product=product)
+
+
+def _first_error(form):
+    return next(message for errors in form.errors.values() for message in errors)
+
+
+def _granted_notice(seats, chosen_count):
+    if not seats:
+        return "Everyone chosen already holds a license."
+    names = ", ".join(seat.user.display_name for seat in seats)
+    skipped = chosen_count - len(seats)
+    return f"Licensed {names}." + (f" {skipped} already held a license." if skipped else "")
+
+
+def _respond(request, pool, section, *, oob=(), extra=None):
+    """htmx: the changed section, then the others it affects, out-of-band. Without htmx (a refusal
+    to show beside its form): the whole page."""
+    if not request.htmx:
+        return render(request, TEMPLATE, _context(request, pool, extra=extra))
+    context = _context(request, pool, sections={section, *oob}, extra=extra)
+    html = render_to_string(f"{TEMPLATE}#{section}", context, request)
+    for name in oob:
+        html += render_to_string(f"{TEMPLATE}#{name}", context | {"oob": True}, request)
+    return HttpResponse(html)
+
+
+def _page_params(request):
+    """Which page of each list the person is on: from the query string, or for an htmx post from
+    the page it was made on, so a section re-rendered in place stays on its page."""
+    query = request.GET
+    if request.htmx and request.htmx.current_url:
+        query = {key: values[-1] for key, values in parse_qs(urlsplit(request.htmx.current_url).query).items()}
+    return {name: query.get(name) for name in PAGE_PARAMS if query.get(name)}
+
+
+def _paginate(queryset, params, name):
+    page = Paginator(queryset, PAGE_SIZE).get_page(params.get(name))
+
+    def link(number):
+        return "?" + urlencode(params | {name: number})
+
+    page.previous_link = link(page.previous_page_number()) if page.has_previous() else None
+    page.next_link = link(page.next_page_number()) if page.has_next() else None
+    return page
+
+
+def _context(request, pool, *, sections=None, extra=None):
+    """What the template needs for `sections` (all of them when None). Every list is one query for
+    its page plus one for its count, whatever its length."""
+    everything = sections is None
+    wanted = set() if everything else set(sections)
+    manager = request.membership.can_manage
+    params = _page_params(request)
+    context = {"pool": pool, "org_id": request.organization.public_id, "can_manage": manager}
+    if everything:
+        context["pools"] = list(LicensePool.objects.for_org(request.organization).order_by("product"))
+    if everything or "subscription" in wanted:
+        context["usage"] = pool.usage()
+    if not manager:
+        context["my_seat"] = pool.licensed_users.active().filter(user=request.user).first()
+        context["my_sessions"] = list(
+            pool.sessions.live().filter(user=request.user).select_related("machine").order_by("-started_at")[:50]
+        )
+        return context | (extra or {})
+    if pool.product == Product.KSE and (everything or "licensed_users" in wanted):
+        seats = pool.licensed_users.active().select_related("user", "granted_by").order_by("user__name", "user__email")
+        context["seats"] = _paginate(seats, params, "seats_page")
+        # Plain tuples: this list holds every unlicensed member, thousands in a large organization.
+        context["grantable"] = [
+            (user_id, f"{name} ({email})" if name else email)
+            for user_id, name, email in Membership.objects.active()
+            .for_org(request.organization)
+            .exclude(Exists(LicensedUser.objects.active().filter(pool=pool, user=OuterRef("user"))))
+            .order_by("user__name", "user__email")
+            .values_list("user_id", "user__name", "user__email")
+        ]
+    if everything or "sessions" in wanted:
+        live = pool.sessions.live().select_related("user", "machine").order_by("-started_at", "-id")
+        context["sessions"] = _paginate(live, params, "sessions_page")
+    if everything or "machines" in wanted:
+        registered = (
+            Machine.objects.filter(pool=pool)
+            .registered()
+            .select_related("user")
+            .annotate(
+                live_session_count=Count(
+                    "sessions",
+                    filter=Q(sessions__ended_at__isnull=True, sessions__lease_expires_at__gt=Now()),
+                )
+            )
+            .order_by("-last_seen_at", "-id")
+        )
+        context["machines"] = _paginate(registered, params, "machines_page")
+    if everything or "offline" in wanted:
+        offline = OfflineLicense.objects.filter(pool=pool).select_related("issued_by").order_by("-issued_at", "-id")
+        context["offline_licenses"] = _paginate(offline, params, "offline_page")
+        context["offline_form"] = OfflineLicenseForm(pool=pool)
+    return context | (extra or {})
