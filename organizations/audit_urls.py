@@ -1,5 +1,8 @@
 from django.urls import path
 
-from organizations.urls import pending
+from . import audit_views
 
-urlpatterns = [path("o/<str:org_id>/audit/", pending, name="audit_log")]
+urlpatterns = [
+    path("o/<str:org_id>/audit/", audit_views.audit_log, name="audit_log"),
+    path("o/<str:org_id>/audit/events.csv", audit_views.audit_export, name="audit_export"),
+]

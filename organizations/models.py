@@ -5,8 +5,9 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q
+from django.db.models import Case, Exists, OuterRef, Q, Subquery, When
 from django.db.models.functions import Lower
+from django.urls import reverse
 from django.utils import timezone
 
 INVITATION_LIFETIME = timedelta(days=7)
@@ -125,6 +126,30 @@ class MembershipQuerySet(models.QuerySet):
     def for_org(self, organization):
         return self.filter(organization=organization)
 
+    def with_activity(self, organization):
+        """Annotate what the members page shows per person, in this query rather than one per row:
+        `has_kse_seat` (an active KSE seat in this organization) and `last_heartbeat_at` (their
+        latest engine heartbeat in this organization's pools)."""
+        # Imported here: those apps' models import this module.
+        from licenses.models import LicensedUser
+        from sessions_app.models import EngineSession
+
+        latest_heartbeat = (
+            EngineSession.objects.for_org(organization)
+            .filter(user=OuterRef("user_id"))
+            .order_by("-last_heartbeat_at")
+            .values("last_heartbeat_at")[:1]
+        )
+        return self.select_related("user", "removed_by").annotate(
+            has_kse_seat=Exists(LicensedUser.objects.active().for_org(organization).filter(user=OuterRef("user_id"))),
+            last_heartbeat_at=Subquery(latest_heartbeat),
+        )
+
+    def by_rank(self):
+        """Owner first, then admins, then members; by name within a role."""
+        rank = Case(When(role=Role.OWNER, then=0), When(role=Role.ADMIN, then=1), default=2)
+        return self.order_by(rank, Lower("user__name"), "user__email")
+
 
 class Membership(models.Model):
     """A person's place in an organization. Removed memberships are kept for the removed list."""
@@ -174,6 +199,13 @@ class Membership(models.Model):
     @property
     def is_owner(self):
         return self.is_active and self.role == Role.OWNER
+
+    @property
+    def last_seen(self):
+        """The later of the last sign-in and the last engine heartbeat in this organization; the
+        heartbeat comes from the members page's annotation (`last_heartbeat_at`) when present."""
+        seen = [self.user.last_login, getattr(self, "last_heartbeat_at", None)]
+        return max((moment for moment in seen if moment is not None), default=None)
 
 
 def generate_invitation_token():
@@ -228,9 +260,16 @@ class Invitation(models.Model):
     def __str__(self):
         return f"Invitation of {self.email} to {self.organization}"
 
+    def get_absolute_url(self):
+        return reverse("accept_invitation", args=[self.token])
+
     @property
     def is_expired(self):
         return self.expires_at <= timezone.now()
+
+    @property
+    def is_pending(self):
+        return self.accepted_at is None and self.revoked_at is None
 
 
 class AuditEventQuerySet(models.QuerySet):

@@ -47,34 +47,48 @@ def _context(browser, *, javascript):
     return context
 
 
+def _watch_for_policy_violations(page):
+    """Collect what the browser refused under the Content-Security-Policy: a page that needs an
+    inline script or style to work is broken in production, so such a refusal fails the test."""
+    violations = []
+    page.on(
+        "console",
+        lambda message: (
+            violations.append(message.text)
+            if message.type == "error" and "Content Security Policy" in message.text
+            else None
+        ),
+    )
+    return violations
+
+
+def _open_page(browser, live_server, *, javascript):
+    context = _context(browser, javascript=javascript)
+    page = context.new_page()
+    page.base_url = live_server.url
+    page.javascript = javascript
+    violations = _watch_for_policy_violations(page)
+    yield page
+    context.close()
+    assert not violations, f"Content-Security-Policy refused: {violations}"
+
+
 @pytest.fixture
 def page(browser, live_server):
     """A page with JavaScript on; the test server's URL is `page.base_url`."""
-    context = _context(browser, javascript=True)
-    page = context.new_page()
-    page.base_url = live_server.url
-    yield page
-    context.close()
+    yield from _open_page(browser, live_server, javascript=True)
 
 
 @pytest.fixture
 def page_without_js(browser, live_server):
-    context = _context(browser, javascript=False)
-    page = context.new_page()
-    page.base_url = live_server.url
-    yield page
-    context.close()
+    yield from _open_page(browser, live_server, javascript=False)
 
 
 @pytest.fixture(params=[True, False], ids=["js", "no-js"])
 def any_page(request, browser, live_server):
-    """The same test with JavaScript on and off: every page must work as a plain form post."""
-    context = _context(browser, javascript=request.param)
-    page = context.new_page()
-    page.base_url = live_server.url
-    page.javascript = request.param
-    yield page
-    context.close()
+    """The same test with JavaScript on and off (`page.javascript`): every page must work as a
+    plain form post too."""
+    yield from _open_page(browser, live_server, javascript=request.param)
 
 
 def sign_in(page, email, password=PASSWORD):

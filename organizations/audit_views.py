@@ -1,0 +1,127 @@
+"""The audit log: read-only, for owners and admins, filterable, paginated and exportable."""
+
+import json
+
+from django.core.paginator import Paginator
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET
+
+from .audit import Action
+from .audit_forms import AuditFilterForm
+from .csv_stream import streaming_csv_response
+from .models import AuditEvent
+from .permissions import org_manager_required
+
+AUDIT_PAGE_SIZE = 50
+EXPORT_CHUNK_SIZE = 2000
+CSV_HEADER = [
+    "When (UTC)",
+    "Who",
+    "What",
+    "Action code",
+    "On",
+    "Target type",
+    "Target id",
+    "Address",
+    "Before",
+    "After",
+]
+
+
+def changes(before, after):
+    """(field, before, after) for each field the event records, in a stable order. Events that
+    record only an outcome (an invitation, a grant) have just `after`."""
+    before = before if isinstance(before, dict) else ({} if before is None else {"value": before})
+    after = after if isinstance(after, dict) else ({} if after is None else {"value": after})
+    keys = list(dict.fromkeys([*before, *after]))
+    return [(key, _shown(before.get(key)), _shown(after.get(key))) for key in keys if before.get(key) != after.get(key)]
+
+
+def _shown(value):
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def _events(request, form):
+    return form.filter(AuditEvent.objects.for_org(request.organization)).order_by("-created_at", "-id")
+
+
+@require_GET
+@org_manager_required
+def audit_log(request):
+    form = AuditFilterForm(request.GET)
+    context = {
+        "organization": request.organization,
+        "form": form,
+        "audit_url": reverse("audit_log", args=[request.organization.public_id]),
+    }
+    status = 200
+    if form.is_valid():
+        page = Paginator(_events(request, form), AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+        context["page"] = page
+        context["rows"] = [
+            {
+                "event": event,
+                "label": Action.LABELS.get(event.action, event.action),
+                "changes": changes(event.before, event.after),
+            }
+            for event in page
+        ]
+    else:
+        status = 400
+    if request.htmx and not request.htmx.history_restore_request:
+        # htmx swaps only 2xx answers; the fragment carries the errors instead.
+        response = render(request, "audit/audit_log.html#events", context)
+    else:
+        response = render(request, "audit/audit_log.html", context, status=status)
+    # The same URL answers with a fragment or a page depending on HX-Request: caches must not mix them.
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@require_GET
+@org_manager_required
+def audit_export(request):
+    """The filtered events as CSV, streamed over a chunked query (a server-side cursor on PostgreSQL)."""
+    form = AuditFilterForm(request.GET)
+    if not form.is_valid():
+        context = {
+            "organization": request.organization,
+            "form": form,
+            "audit_url": reverse("audit_log", args=[request.organization.public_id]),
+        }
+        return render(request, "audit/audit_log.html", context, status=400)
+    events = _events(request, form).values_list(
+        "created_at",
+        "actor_label",
+        "action",
+        "target_label",
+        "target_type",
+        "target_id",
+        "ip_address",
+        "before",
+        "after",
+    )
+    rows = (
+        [
+            created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            actor or "system",
+            Action.LABELS.get(action, action),
+            action,
+            target,
+            target_type,
+            target_id,
+            address or "",
+            "" if before is None else json.dumps(before, sort_keys=True),
+            "" if after is None else json.dumps(after, sort_keys=True),
+        ]
+        for created_at, actor, action, target, target_type, target_id, address, before, after in events.iterator(
+            chunk_size=EXPORT_CHUNK_SIZE
+        )
+    )
+    return streaming_csv_response(header=CSV_HEADER, rows=rows, filename=f"audit-{request.organization.public_id}.csv")

@@ -1,0 +1,130 @@
+import re
+
+from django import forms
+from django.contrib.auth import get_user_model, password_validation
+from django.contrib.auth.forms import AdminUserCreationForm, PasswordResetForm, UserChangeForm
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+
+from .models import Invitation, Membership, Role
+
+MAX_INVITATIONS_AT_ONCE = 100
+EMAIL_SEPARATORS = re.compile(r"[\s,;]+")
+
+
+class InviteForm(forms.Form):
+    emails = forms.CharField(
+        label="Email addresses",
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One or more, separated by commas, spaces or new lines.",
+    )
+    role = forms.ChoiceField(
+        choices=[(Role.MEMBER, Role.MEMBER.label), (Role.ADMIN, Role.ADMIN.label)], initial=Role.MEMBER
+    )
+
+    def clean_emails(self):
+        emails = list(dict.fromkeys(e.lower() for e in EMAIL_SEPARATORS.split(self.cleaned_data["emails"]) if e))
+        if not emails:
+            raise ValidationError("Enter at least one email address.", code="required")
+        if len(emails) > MAX_INVITATIONS_AT_ONCE:
+            raise ValidationError(
+                f"At most {MAX_INVITATIONS_AT_ONCE} invitations at once; you entered {len(emails)}.", code="too_many"
+            )
+        max_length = Invitation._meta.get_field("email").max_length
+        invalid = []
+        for email in emails:
+            try:
+                validate_email(email)
+            except ValidationError:
+                invalid.append(email)
+            else:
+                if len(email) > max_length:
+                    invalid.append(email)
+        if invalid:
+            raise ValidationError(
+                [ValidationError(f"{email} is not a valid email address.", code="invalid") for email in invalid]
+            )
+        return emails
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=[(Role.MEMBER, Role.MEMBER.label), (Role.ADMIN, Role.ADMIN.label)])
+
+
+class TransferOwnershipForm(forms.Form):
+    """The successor is named by email: typing it is the confirmation, and the page needs no list
+    of every member."""
+
+    email = forms.EmailField(label="New owner's email")
+
+    def __init__(self, *args, organization, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.organization = organization
+
+    def clean_email(self):
+        email = self.cleaned_data["email"]
+        membership = (
+            Membership.objects.active()
+            .filter(organization=self.organization, user__email__iexact=email)
+            .select_related("user")
+            .first()
+        )
+        if membership is None:
+            raise ValidationError(f"{email} is not an active member of this organization.", code="not_member")
+        if membership.role == Role.OWNER:
+            raise ValidationError("You are already the owner.", code="already_owner")
+        self.cleaned_data["membership"] = membership
+        return email
+
+
+class SignUpForm(forms.Form):
+    """A new person's account, made while accepting an invitation to `email`."""
+
+    name = forms.CharField(max_length=150, label="Your name")
+    password = forms.CharField(
+        label="Password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
+    )
+    password_confirm = forms.CharField(
+        label="Confirm password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
+    )
+
+    def __init__(self, *args, email, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.email = email
+
+    def clean(self):
+        cleaned = super().clean()
+        password = cleaned.get("password")
+        if password and cleaned.get("password_confirm") != password:
+            self.add_error("password_confirm", ValidationError("The two passwords differ.", code="password_mismatch"))
+        elif password:
+            try:
+                password_validation.validate_password(
+                    password, get_user_model()(email=self.email, name=cleaned.get("name", ""))
+                )
+            except ValidationError as error:
+                self.add_error("password", error)
+        return cleaned
+
+
+class SetFirstPasswordResetForm(PasswordResetForm):
+    """Password reset that also reaches accounts an operator made without a password, so a
+    set-password link that ran out can be asked for again. The mail still goes only to the owner
+    of the address."""
+
+    def get_users(self, email):
+        return get_user_model()._default_manager.filter(email__iexact=email, is_active=True)
+
+
+class UserCreationAdminForm(AdminUserCreationForm):
+    class Meta:
+        model = get_user_model()
+        fields = ("email", "name")
+        field_classes = {}
+
+
+class UserChangeAdminForm(UserChangeForm):
+    class Meta:
+        model = get_user_model()
+        fields = "__all__"
+        field_classes = {}

@@ -1,0 +1,381 @@
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_POST
+from django_htmx.http import HttpResponseClientRefresh
+
+from licenses.models import LicensePool, Product
+
+from . import actions, errors
+from .audit import client_ip
+from .csv_stream import streaming_csv_response
+from .forms import InviteForm, RoleForm, SignUpForm, TransferOwnershipForm
+from .models import Invitation, Membership, Role, User
+from .permissions import org_manager_required, org_member_required, org_owner_required
+
+MEMBERS_TEMPLATE = "organizations/members.html"
+ACTIVE_PER_PAGE = 50
+REMOVED_SHOWN = 50
+
+
+@login_required
+def home(request):
+    membership = (
+        Membership.objects.active()
+        .filter(user=request.user)
+        .select_related("organization")
+        .order_by("organization__name")
+        .first()
+    )
+    if membership is None:
+        return render(request, "organizations/no_organization.html")
+    return redirect("licenses", membership.organization.public_id)
+
+
+@org_member_required
+def org_home(request):
+    return redirect("licenses", request.organization.public_id)
+
+
+def _link_builder(request):
+    return lambda invitation: request.build_absolute_uri(invitation.get_absolute_url())
+
+
+def _members_url(request, page=None):
+    url = reverse("members", args=[request.organization.public_id])
+    return f"{url}?{urlencode({'page': page})}" if page and str(page).isdigit() else url
+
+
+def _base_context(request):
+    organization = request.organization
+    return {
+        "organization": organization,
+        "can_manage": request.membership.can_manage,
+        "is_owner": request.membership.is_owner,
+        "has_re_pool": LicensePool.objects.for_org(organization).filter(product=Product.RE).exists(),
+    }
+
+
+def _pending_context(request):
+    invitations = list(
+        Invitation.objects.pending().filter(organization=request.organization).select_related("invited_by")
+    )
+    if request.membership.can_manage:
+        # Links are bearer tokens: only those who may invite see them.
+        link_for = _link_builder(request)
+        for invitation in invitations:
+            invitation.link = link_for(invitation)
+    return {"invitations": invitations}
+
+
+def _removed_context(request):
+    removed = (
+        Membership.objects.removed().filter(organization=request.organization).select_related("user", "removed_by")
+    )
+    return {
+        "removed_memberships": list(removed.order_by("-removed_at")[:REMOVED_SHOWN]),
+        "removed_shown": REMOVED_SHOWN,
+    }
+
+
+def _active_count(request):
+    return Membership.objects.active().filter(organization=request.organization).count()
+
+
+def _members_context(request, page_number):
+    organization = request.organization
+    active = Membership.objects.active().filter(organization=organization).with_activity(organization).by_rank()
+    page = Paginator(active, ACTIVE_PER_PAGE).get_page(page_number)
+    context = _base_context(request)
+    context.update(_pending_context(request))
+    context.update(_removed_context(request))
+    context.update(
+        page=page,
+        page_number=page.number,
+        active_count=page.paginator.count,
+        invite_form=InviteForm(),
+        transfer_form=TransferOwnershipForm(organization=organization) if request.membership.is_owner else None,
+    )
+    return context
+
+
+def _render_fragments(request, context, *fragments, swap_first=True):
+    """Render partials of the members page, one after the other: the first replaces the swap
+    target, the rest carry hx-swap-oob. With swap_first=False all are out-of-band and the target
+    is replaced by nothing."""
+    html = [
+        render_to_string(
+            f"{MEMBERS_TEMPLATE}#{fragment}", {**context, "oob": index > 0 or not swap_first}, request=request
+        )
+        for index, fragment in enumerate(fragments)
+    ]
+    return HttpResponse("".join(html))
+
+
+@org_member_required
+def members(request):
+    return render(request, MEMBERS_TEMPLATE, _members_context(request, request.GET.get("page")))
+
+
+@org_manager_required
+@require_POST
+def invite(request):
+    form = InviteForm(request.POST)
+    if form.is_valid():
+        try:
+            invitations = actions.invite_members(
+                organization=request.organization,
+                actor=request.user,
+                emails=form.cleaned_data["emails"],
+                role=form.cleaned_data["role"],
+                link_for=_link_builder(request),
+                ip_address=client_ip(request),
+            )
+        except errors.MembershipRefusal as refusal:
+            for message in refusal.details.get("emails", {}).values() or [refusal.message]:
+                form.add_error("emails", message)
+        else:
+            notice = f"Invitation sent to {', '.join(i.email for i in invitations)}."
+            if request.htmx:
+                context = {**_base_context(request), **_pending_context(request)}
+                context.update(invite_form=InviteForm(), invite_notice=notice)
+                return _render_fragments(request, context, "invite", "pending")
+            messages.success(request, notice)
+            return redirect(_members_url(request))
+    if request.htmx:
+        return _render_fragments(request, {**_base_context(request), "invite_form": form}, "invite")
+    context = _members_context(request, request.POST.get("page"))
+    context["invite_form"] = form
+    return render(request, MEMBERS_TEMPLATE, context)
+
+
+def _flash(request, *, error=None, notice=None):
+    if error:
+        messages.error(request, error)
+    else:
+        messages.success(request, notice)
+
+
+def _active_membership_or_404(request, membership_id):
+    return get_object_or_404(Membership.objects.active().filter(organization=request.organization), pk=membership_id)
+
+
+def _member_row(request, membership_id, **extra):
+    organization = request.organization
+    row = Membership.objects.filter(organization=organization, pk=membership_id).with_activity(organization).get()
+    return _render_fragments(request, {**_base_context(request), "m": row, **extra}, "member-row")
+
+
+@org_manager_required
+@require_POST
+def change_role(request, membership_id):
+    membership = _active_membership_or_404(request, membership_id)
+    form = RoleForm(request.POST)
+    error = notice = None
+    if not form.is_valid():
+        error = "Choose Admin or Member."
+    else:
+        try:
+            membership = actions.change_role(
+                organization=request.organization,
+                actor=request.user,
+                membership_id=membership.pk,
+                role=form.cleaned_data["role"],
+                ip_address=client_ip(request),
+            )
+        except errors.MembershipRefusal as refusal:
+            error = refusal.message
+        else:
+            notice = f"{membership.user.display_name} is now {Role(membership.role).label.lower()}."
+    if request.htmx:
+        if membership.user_id == request.user.pk and not error:
+            # You changed your own role: what you may do on this page changed everywhere.
+            return HttpResponseClientRefresh()
+        return _member_row(request, membership.pk, row_error=error, row_notice=notice)
+    _flash(request, error=error, notice=notice)
+    return redirect(_members_url(request, request.POST.get("page")))
+
+
+@org_manager_required
+@require_POST
+def remove(request, membership_id):
+    membership = _active_membership_or_404(request, membership_id)
+    try:
+        actions.remove_member(
+            organization=request.organization,
+            actor=request.user,
+            membership_id=membership.pk,
+            ip_address=client_ip(request),
+        )
+    except errors.MembershipRefusal as refusal:
+        if request.htmx:
+            return _member_row(request, membership.pk, row_error=refusal.message)
+        messages.error(request, refusal.message)
+    else:
+        notice = f"{membership.user.display_name} was removed; their licenses, sessions and machines here ended."
+        if request.htmx:
+            context = {**_base_context(request), **_removed_context(request), "active_count": _active_count(request)}
+            context["removed_notice"] = notice
+            # The row's own swap is empty: the row goes, the removed list and the count follow.
+            return _render_fragments(request, context, "removed", "active-count", swap_first=False)
+        messages.success(request, notice)
+    return redirect(_members_url(request, request.POST.get("page")))
+
+
+@org_owner_required
+@require_POST
+def transfer_ownership(request):
+    form = TransferOwnershipForm(request.POST, organization=request.organization)
+    if form.is_valid():
+        successor = form.cleaned_data["membership"]
+        try:
+            actions.transfer_ownership(
+                organization=request.organization,
+                actor=request.user,
+                membership_id=successor.pk,
+                ip_address=client_ip(request),
+            )
+        except errors.MembershipRefusal as refusal:
+            form.add_error("email", refusal.message)
+        else:
+            messages.success(request, f"{successor.user.display_name} is now the owner; you are an admin.")
+            return redirect(_members_url(request))
+    context = _members_context(request, request.POST.get("page"))
+    context["transfer_form"] = form
+    return render(request, MEMBERS_TEMPLATE, context)
+
+
+def _invitation_or_404(request, invitation_id):
+    return get_object_or_404(Invitation.objects.filter(organization=request.organization), pk=invitation_id)
+
+
+def _after_invitation_change(request, *, notice=None, error=None):
+    if request.htmx:
+        context = {**_base_context(request), **_pending_context(request)}
+        context.update(pending_notice=notice, pending_error=error)
+        return _render_fragments(request, context, "pending")
+    _flash(request, error=error, notice=notice)
+    return redirect(_members_url(request))
+
+
+@org_manager_required
+@require_POST
+def resend_invitation(request, invitation_id):
+    invitation = _invitation_or_404(request, invitation_id)
+    try:
+        actions.resend_invitation(
+            organization=request.organization,
+            actor=request.user,
+            invitation_id=invitation.pk,
+            link_for=_link_builder(request),
+            ip_address=client_ip(request),
+        )
+    except errors.MembershipRefusal as refusal:
+        return _after_invitation_change(request, error=refusal.message)
+    return _after_invitation_change(request, notice=f"Invitation to {invitation.email} sent again.")
+
+
+@org_manager_required
+@require_POST
+def revoke_invitation(request, invitation_id):
+    invitation = _invitation_or_404(request, invitation_id)
+    try:
+        actions.revoke_invitation(
+            organization=request.organization,
+            actor=request.user,
+            invitation_id=invitation.pk,
+            ip_address=client_ip(request),
+        )
+    except errors.MembershipRefusal as refusal:
+        return _after_invitation_change(request, error=refusal.message)
+    return _after_invitation_change(request, notice=f"Invitation to {invitation.email} revoked.")
+
+
+CSV_COLUMNS = ["name", "email", "role", "status", "joined_at", "removed_at", "removed_by", "kse_license", "last_seen"]
+
+
+def _iso(moment):
+    return moment.isoformat() if moment else ""
+
+
+@org_manager_required
+def export_members(request):
+    organization = request.organization
+    memberships = (
+        Membership.objects.filter(organization=organization)
+        .with_activity(organization)
+        .order_by("removed_at", "joined_at", "pk")
+    )
+    rows = (
+        [
+            m.user.name,
+            m.user.email,
+            m.role,
+            "active" if m.is_active else "removed",
+            _iso(m.joined_at),
+            _iso(m.removed_at),
+            m.removed_by.email if m.removed_by else "",
+            "yes" if m.has_kse_seat else "no",
+            _iso(m.last_seen),
+        ]
+        for m in memberships.iterator(chunk_size=500)
+    )
+    return streaming_csv_response(header=CSV_COLUMNS, rows=rows, filename=f"members-{organization.public_id}.csv")
+
+
+def accept_invitation(request, token):
+    invitation = Invitation.objects.select_related("organization", "invited_by").filter(token=token).first()
+    if invitation is None:
+        message = "This invitation link is not valid. Check that you copied all of it, or ask for a new invitation."
+        return render(request, "organizations/invitation_unusable.html", {"message": message}, status=404)
+    try:
+        actions.check_invitation_usable(invitation)
+    except errors.InvitationUnusable as refusal:
+        return render(
+            request,
+            "organizations/invitation_unusable.html",
+            {"message": refusal.message, "invitation": invitation},
+            status=410,
+        )
+
+    signed_in = request.user.is_authenticated
+    wrong_account = signed_in and request.user.email.lower() != invitation.email.lower()
+    existing = None if signed_in else User.objects.filter(email__iexact=invitation.email).first()
+    # An account an operator made without a password signs up here; any other must sign in.
+    has_account = existing is not None and existing.has_usable_password()
+    form = SignUpForm(email=invitation.email) if not signed_in and not has_account else None
+    error = None
+    if request.method == "POST" and not wrong_account and not has_account:
+        if not signed_in:
+            form = SignUpForm(request.POST, email=invitation.email)
+        if signed_in or form.is_valid():
+            try:
+                _membership, user = actions.accept_invitation(
+                    token=token,
+                    user=request.user if signed_in else None,
+                    name="" if signed_in else form.cleaned_data["name"],
+                    password=None if signed_in else form.cleaned_data["password"],
+                    ip_address=client_ip(request),
+                )
+            except errors.MembershipRefusal as refusal:
+                error = refusal.message
+            else:
+                if not signed_in:
+                    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                messages.success(request, f"Welcome to {invitation.organization.name}.")
+                return redirect("org_home", invitation.organization.public_id)
+    context = {
+        "invitation": invitation,
+        "form": form,
+        "wrong_account": wrong_account,
+        "has_account": has_account,
+        "error": error,
+        "login_url": f"{reverse('login')}?{urlencode({'next': invitation.get_absolute_url()})}",
+    }
+    return render(request, "organizations/accept_invitation.html", context)
