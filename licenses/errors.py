@@ -69,6 +69,22 @@ class SessionTerminated(LicenseRefusal):
     status = 410
 
 
+class IdempotencyKeyInUse(LicenseRefusal):
+    code = "idempotency_key_in_use"
+    status = 409
+
+    def __init__(self):
+        super().__init__("A request with this Idempotency-Key is still being processed; retry in a moment.")
+
+
+class IdempotencyKeyReused(LicenseRefusal):
+    code = "idempotency_key_reused"
+    status = 422
+
+    def __init__(self):
+        super().__init__("This Idempotency-Key was used with a different request body; use a new key.")
+
+
 class InvalidRequest(LicenseRefusal):
     """A page or command asked for something impossible (an expiry past the subscription, say)."""
 

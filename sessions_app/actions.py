@@ -1,0 +1,469 @@
+"""Writes to machines, engine sessions and API keys.
+
+Every activation locks its LicensePool row before counting, so concurrent activations against one
+pool queue on that row (from any number of web processes) and the counts they see are exact. Lock
+order follows the project's rule: an organization row (never taken here) before pool rows.
+"""
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from licenses import errors
+from licenses.models import LicensePool, Product
+from organizations.audit import Action, record
+from organizations.models import Membership, Organization
+
+from .models import ApiKey, EndReason, EngineSession, IdempotencyRecord, Machine, RateLimitCounter, hash_api_key
+
+IDEMPOTENCY_RETENTION = timedelta(hours=48)
+# A claim older than this without an answer belongs to a request that died (a killed worker, a lost
+# database): a retry may take the key over instead of being told "in use" forever.
+IDEMPOTENCY_CLAIM_TIMEOUT = timedelta(minutes=2)
+RATE_LIMIT_RETENTION_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A granted activation, with the pool's figures as they stand after it."""
+
+    session: EngineSession
+    pool: LicensePool
+    machine: Machine
+    sessions_used: int
+    machines_used: int
+
+
+def _lock_pool(pool_id):
+    return LicensePool.objects.select_for_update().select_related("organization").annotate(db_now=Now()).get(pk=pool_id)
+
+
+def _choose_pool(*, api_key, user, product, org_id):
+    """The pool this activation counts against, by the contract's `org_id` rules. Read only: the
+    caller locks the row it returns."""
+    memberships = Membership.objects.active().filter(user=user)
+    if api_key is not None and api_key.organization_id is not None:
+        # A key restricted to one organization cannot be pointed at another; naming another looks
+        # the same as naming one the person does not belong to.
+        memberships = memberships.filter(organization_id=api_key.organization_id)
+    if org_id:
+        organization = Organization.objects.filter(public_id=org_id, memberships__in=memberships).first()
+        if organization is None:
+            raise errors.OrganizationNotFound(
+                f"No organization with id {org_id} is available to this API key.", details={"org_id": org_id}
+            )
+        pool = LicensePool.objects.filter(organization=organization, product=product).first()
+        if pool is None:
+            raise errors.NoLicensePool(
+                f"{organization.name} has no {Product(product).label} licenses.",
+                details={"organization": {"id": organization.public_id, "name": organization.name}},
+            )
+        return pool
+    pools = list(
+        LicensePool.objects.filter(organization__memberships__in=memberships, product=product)
+        .select_related("organization")
+        .order_by("organization__name", "pk")
+    )
+    if len(pools) == 1:
+        return pools[0]
+    if len(pools) > 1:
+        raise errors.OrganizationRequired(
+            f"You belong to several organizations with {Product(product).label} licenses; "
+            "choose one with org_id (-orgID).",
+            details={"organizations": [{"id": p.organization.public_id, "name": p.organization.name} for p in pools]},
+        )
+    if not memberships.exists():
+        raise errors.OrganizationNotFound("This API key's user is not a member of any organization.")
+    raise errors.NoLicensePool(f"None of your organizations has {Product(product).label} licenses.")
+
+
+def _session_quota_message(pool, live, offline):
+    product = Product(pool.product).label
+    offline_note = f" ({live} online sessions and {offline} offline licenses)" if offline else ""
+    return (
+        f"License quota exceeded: {live + offline} of {pool.quota} {product} licenses are in use "
+        f"in {pool.organization.name}{offline_note}. Release a session or ask an admin for more licenses."
+    )
+
+
+def _activate_locked(
+    *, api_key, user, product, machine_id, org_id, hostname, engine_version, release_previous, ephemeral, on_granted
+):
+    chosen = _choose_pool(api_key=api_key, user=user, product=product, org_id=org_id)
+    with transaction.atomic():
+        pool = _lock_pool(chosen.pk)
+        now = pool.db_now
+        # Membership was read before the lock; removing a member may have committed since.
+        if not Membership.objects.active().filter(user=user, organization_id=pool.organization_id).exists():
+            raise errors.OrganizationNotFound("This API key's user is not a member of that organization.")
+        if not pool.is_in_force(now):
+            state = "has not started yet" if now < pool.starts_at else "has ended"
+            raise errors.LicenseExpired(
+                f"The {Product(pool.product).label} subscription of {pool.organization.name} {state} "
+                f"(runs {pool.starts_at:%Y-%m-%d} to {pool.expires_at:%Y-%m-%d}).",
+                details={"starts_at": iso(pool.starts_at), "expires_at": iso(pool.expires_at)},
+            )
+        if product == Product.KSE and not pool.licensed_users.active().filter(user=user).exists():
+            raise errors.NotLicensed(
+                f"You are not a licensed user of {pool.organization.name}'s Katalon Studio Enterprise licenses. "
+                "Ask an owner or admin to grant you one."
+            )
+        if not pool.allows_machine(machine_id):
+            raise errors.MachineNotAllowed(
+                f"Machine {machine_id} is not on the machine allow-list of {pool.organization.name}'s "
+                f"{Product(pool.product).label} licenses."
+            )
+
+        if release_previous:
+            EngineSession.objects.filter(
+                user=user, pool__product=product, machine__machine_id=machine_id, ended_at__isnull=True
+            ).end(EndReason.RELEASED)
+        if product == Product.KSE:
+            # One licensed user, one machine: signing in here signs the other machine out.
+            EngineSession.objects.filter(pool=pool, user=user, ended_at__isnull=True).exclude(
+                machine__machine_id=machine_id
+            ).end(EndReason.SIGNED_IN_ELSEWHERE)
+
+        live = pool.sessions.live().count()
+        offline = pool.offline_licenses.unexpired().count()
+        if live + offline >= pool.quota:
+            raise errors.SessionQuotaExceeded(
+                _session_quota_message(pool, live, offline),
+                details={"quota": pool.quota, "live_sessions": live, "offline_licenses": offline},
+            )
+
+        machine = pool.machines.registered().filter(machine_id=machine_id).first()
+        if machine is None:
+            Machine.objects.idle_for_pool(pool).deactivate("idle")
+            registered = pool.machines.registered().count()
+            if registered >= pool.machine_quota:
+                raise errors.MachineQuotaExceeded(
+                    f"Machine quota exceeded: {registered} of {pool.machine_quota} machines are registered with "
+                    f"{pool.organization.name}'s {Product(pool.product).label} licenses, and {machine_id} is not "
+                    "one of them. Ask an admin to deactivate a machine.",
+                    details={"machine_quota": pool.machine_quota, "registered_machines": registered},
+                )
+            machine = Machine.objects.create(
+                pool=pool,
+                machine_id=machine_id,
+                hostname=hostname,
+                user=user,
+                ephemeral=ephemeral,
+                registered_at=now,
+                last_seen_at=now,
+            )
+            registered += 1
+        else:
+            Machine.objects.filter(pk=machine.pk).update(
+                hostname=hostname or machine.hostname, user=user, ephemeral=ephemeral, last_seen_at=now
+            )
+            machine.ephemeral = ephemeral
+            registered = pool.machines.registered().count()
+
+        session = EngineSession.objects.create(
+            pool=pool,
+            machine=machine,
+            user=user,
+            hostname=hostname,
+            engine_version=engine_version,
+            started_at=now,
+            last_heartbeat_at=now,
+            lease_expires_at=now + timedelta(seconds=pool.lease_seconds),
+        )
+        activation = Activation(
+            session=session, pool=pool, machine=machine, sessions_used=live + offline + 1, machines_used=registered
+        )
+        if on_granted is not None:
+            on_granted(activation)
+        return activation
+
+
+def activate(
+    *,
+    api_key: ApiKey | None,
+    user,
+    product: str,
+    machine_id: str,
+    org_id: str | None = None,
+    hostname: str = "",
+    engine_version: str = "",
+    release_previous: bool = False,
+    ephemeral: bool = False,
+    ip_address: str | None = None,
+    on_granted: Callable[[Activation], None] | None = None,
+) -> Activation:
+    """Take one online license for one engine process, or raise the LicenseRefusal that says why not.
+
+    `on_granted` runs inside the activation's transaction, so whatever it writes (the stored answer
+    to an Idempotency-Key) commits or rolls back together with the session.
+    """
+    try:
+        return _activate_locked(
+            api_key=api_key,
+            user=user,
+            product=product,
+            machine_id=machine_id,
+            org_id=org_id,
+            hostname=hostname,
+            engine_version=engine_version,
+            release_previous=release_previous,
+            ephemeral=ephemeral,
+            on_granted=on_granted,
+        )
+    except errors.LicenseRefusal as refusal:
+        # The activation's transaction has rolled back; the refusal is still worth knowing about.
+        _record_refusal(
+            refusal, user=user, product=product, machine_id=machine_id, org_id=org_id, ip_address=ip_address
+        )
+        raise
+
+
+@transaction.atomic
+def _record_refusal(refusal, *, user, product, machine_id, org_id, ip_address):
+    organization = None
+    if org_id and not isinstance(refusal, errors.OrganizationNotFound):
+        organization = Organization.objects.for_user(user).filter(public_id=org_id).first()
+    elif not org_id:
+        organizations = list(Organization.objects.for_user(user).filter(pools__product=product)[:2])
+        organization = organizations[0] if len(organizations) == 1 else None
+    record(
+        organization=organization,
+        actor=user,
+        action=Action.ACTIVATION_REFUSED,
+        target_label=f"{product} on {machine_id}",
+        after={"code": refusal.code, "message": refusal.message, "product": product, "machine_id": machine_id},
+        ip_address=ip_address,
+    )
+
+
+def _session_for(user, session_id, organization):
+    sessions = EngineSession.objects.filter(public_id=session_id, user=user)
+    if organization is not None:
+        sessions = sessions.filter(pool__organization=organization)
+    session = sessions.select_related("pool").annotate(db_now=Now()).first()
+    if session is None:
+        raise errors.SessionNotFound(f"No session {session_id} of yours exists.")
+    return session
+
+
+def _terminated(session):
+    reason = session.termination_reason
+    return errors.SessionTerminated(
+        f"Session {session.public_id} has ended ({EndReason(reason).label.lower()}); activate again.",
+        details={"reason": reason},
+    )
+
+
+def heartbeat(*, user, session_id: str, organization: Organization | None = None) -> EngineSession:
+    """Extend a live lease by the pool's lease length, from the database clock. A lapsed or ended
+    session is never revived: a lapsed one is marked expired and the engine is told to activate."""
+    with transaction.atomic():
+        session = _session_for(user, session_id, organization)
+        now = session.db_now
+        if session.ended_at is None and session.lease_expires_at > now:
+            if not session.pool.is_in_force(now):
+                EngineSession.objects.filter(pk=session.pk).end(EndReason.LICENSE_EXPIRED)
+            else:
+                lease_expires_at = now + timedelta(seconds=session.pool.lease_seconds)
+                # Conditional on the lease still running at the database's "now", so a heartbeat
+                # racing the lapse cannot bring a dead session back.
+                extended = EngineSession.objects.filter(
+                    pk=session.pk, ended_at__isnull=True, lease_expires_at__gt=Now()
+                ).update(lease_expires_at=lease_expires_at, last_heartbeat_at=now)
+                if extended:
+                    session.lease_expires_at = lease_expires_at
+                    session.last_heartbeat_at = now
+                    return session
+        EngineSession.objects.filter(pk=session.pk).lapsed().end(EndReason.EXPIRED)
+    session.refresh_from_db(fields=["ended_at", "end_reason", "lease_expires_at"])
+    raise _terminated(session)
+
+
+@transaction.atomic
+def release_session(
+    *, user, session_id: str, ip_address: str | None = None, organization: Organization | None = None
+) -> EngineSession:
+    """End the person's own session (reason released) and free its license at once. Releasing a
+    session that has already ended changes nothing and answers the same."""
+    session = _session_for(user, session_id, organization)
+    if session.ended_at is None:
+        EngineSession.objects.filter(pk=session.pk).end(EndReason.RELEASED)
+        session.refresh_from_db(fields=["ended_at", "end_reason"])
+    return session
+
+
+@dataclass(frozen=True)
+class Housekeeping:
+    sessions_expired: int
+    machines_deregistered: int
+    idempotency_records_deleted: int
+    rate_limit_counters_deleted: int
+
+
+def expire_sessions() -> Housekeeping:
+    """End lapsed leases (reason expired), deregister machines past their pool's idle limit and drop
+    stale bookkeeping. Every step is an UPDATE or DELETE conditional on the row still needing it, so
+    any number of hosts may run this at once: the second one to reach a row finds nothing to do."""
+    lapsed = EngineSession.objects.lapsed()
+    expired = lapsed.count()
+    lapsed.end(EndReason.EXPIRED)
+
+    deregistered = 0
+    for pool in LicensePool.objects.filter(machine_idle_days__isnull=False).order_by("pk"):
+        deregistered += Machine.objects.idle_for_pool(pool).deactivate("idle")
+
+    idempotency_deleted, _ = IdempotencyRecord.objects.filter(
+        created_at__lt=timezone.now() - IDEMPOTENCY_RETENTION
+    ).delete()
+    cutoff = int(timezone.now().timestamp()) - RATE_LIMIT_RETENTION_SECONDS
+    counters_deleted, _ = RateLimitCounter.objects.filter(window_start__lt=cutoff).delete()
+    return Housekeeping(
+        sessions_expired=expired,
+        machines_deregistered=deregistered,
+        idempotency_records_deleted=idempotency_deleted,
+        rate_limit_counters_deleted=counters_deleted,
+    )
+
+
+@transaction.atomic
+def create_api_key(
+    *,
+    user,
+    name: str,
+    organization: Organization | None = None,
+    expires_at: datetime | None = None,
+    actor,
+    ip_address: str | None,
+) -> tuple[ApiKey, str]:
+    """A new key for `user`; returns the key's row and the raw key, which is never stored."""
+    name = name.strip()
+    if not name:
+        raise errors.InvalidRequest("Give the key a name.")
+    if (
+        organization is not None
+        and not Membership.objects.active().filter(user=user, organization=organization).exists()
+    ):
+        raise errors.InvalidRequest(f"{user.email} is not a member of {organization.name}.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise errors.InvalidRequest("The expiry must be in the future.")
+    raw_key = ApiKey.generate()
+    api_key = ApiKey.objects.create(
+        user=user,
+        organization=organization,
+        name=name,
+        prefix=raw_key[:12],
+        key_hash=hash_api_key(raw_key),
+        expires_at=expires_at,
+    )
+    _record_key_event(api_key, actor=actor, action=Action.API_KEY_CREATED, ip_address=ip_address)
+    return api_key, raw_key
+
+
+@transaction.atomic
+def revoke_api_key(*, api_key: ApiKey, actor, ip_address: str | None) -> bool:
+    """Revoke the key; the next request with it is refused. Returns False when it already was."""
+    revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=Now())
+    api_key.refresh_from_db(fields=["revoked_at"])
+    if revoked:
+        _record_key_event(api_key, actor=actor, action=Action.API_KEY_REVOKED, ip_address=ip_address)
+    return bool(revoked)
+
+
+def _record_key_event(api_key, *, actor, action, ip_address):
+    # A key without an organization works in every organization of its owner, so each of their
+    # organizations' audit logs shows it.
+    if api_key.organization is not None:
+        organizations = [api_key.organization]
+    else:
+        organizations = list(Organization.objects.for_user(api_key.user)) or [None]
+    for organization in organizations:
+        record(
+            organization=organization,
+            actor=actor,
+            action=action,
+            target=api_key,
+            target_label=f"API key {api_key.name} ({api_key.prefix}…) of {api_key.user.email}",
+            after={
+                "name": api_key.name,
+                "prefix": api_key.prefix,
+                "organization": api_key.organization.public_id if api_key.organization else None,
+                "expires_at": iso(api_key.expires_at),
+            },
+            ip_address=ip_address,
+        )
+
+
+LAST_USED_RESOLUTION = timedelta(minutes=5)
+
+
+def touch_api_key(api_key: ApiKey) -> None:
+    """Note that the key was used, at most once per LAST_USED_RESOLUTION: engines heartbeat every
+    minute, and a write per request would make the key row the busiest row in the database."""
+    if api_key.last_used_at is not None and api_key.last_used_at > timezone.now() - LAST_USED_RESOLUTION:
+        return
+    ApiKey.objects.filter(pk=api_key.pk).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=Now() - LAST_USED_RESOLUTION)
+    ).update(last_used_at=Now())
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    record: IdempotencyRecord
+    replay: bool
+
+
+def request_fingerprint(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def claim_idempotency_key(*, user, key: str, fingerprint: str) -> IdempotencyClaim:
+    """Claim `key` for a request, or find the answer a finished one left. The claim commits at once
+    (its own transaction), so a concurrent duplicate sees it and is told the key is in use instead
+    of waiting on a row lock or taking a second license."""
+    for _ in range(3):
+        existing = IdempotencyRecord.objects.filter(user=user, key=key).first()
+        if existing is None:
+            try:
+                with transaction.atomic():
+                    return IdempotencyClaim(
+                        IdempotencyRecord.objects.create(user=user, key=key, request_fingerprint=fingerprint), False
+                    )
+            except IntegrityError:
+                continue
+        if existing.request_fingerprint != fingerprint:
+            raise errors.IdempotencyKeyReused()
+        if existing.status_code is not None:
+            return IdempotencyClaim(existing, True)
+        if existing.created_at > timezone.now() - IDEMPOTENCY_CLAIM_TIMEOUT:
+            raise errors.IdempotencyKeyInUse()
+        # The request that claimed it died without answering; take the claim over.
+        if IdempotencyRecord.objects.filter(
+            pk=existing.pk, status_code__isnull=True, created_at=existing.created_at
+        ).update(created_at=timezone.now()):
+            existing.refresh_from_db()
+            return IdempotencyClaim(existing, False)
+    raise errors.IdempotencyKeyInUse()
+
+
+def complete_idempotency_claim(*, record: IdempotencyRecord, status_code: int, body: dict) -> None:
+    """Store the answer; call inside the transaction of the change it answers."""
+    IdempotencyRecord.objects.filter(pk=record.pk).update(status_code=status_code, response_body=body)
+
+
+def abandon_idempotency_claim(*, record: IdempotencyRecord) -> None:
+    """Refusals are not stored: a retry after a license frees up deserves a fresh answer."""
+    IdempotencyRecord.objects.filter(pk=record.pk, status_code__isnull=True).delete()
+
+
+def iso(value: datetime | None) -> str | None:
+    """The contract's time format: ISO 8601 in UTC with a Z suffix."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

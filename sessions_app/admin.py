@@ -1,0 +1,58 @@
+from django.contrib import admin, messages
+
+from organizations.audit import client_ip
+
+from . import actions
+from .models import ApiKey, EngineSession, Machine
+
+
+@admin.register(Machine)
+class MachineAdmin(admin.ModelAdmin):
+    list_display = ["machine_id", "pool", "hostname", "user", "ephemeral", "last_seen_at", "deactivated_at"]
+    list_filter = ["pool__product", "ephemeral", ("deactivated_at", admin.EmptyFieldListFilter)]
+    search_fields = ["machine_id", "hostname", "user__email", "pool__organization__name"]
+    list_select_related = ["pool__organization", "user"]
+    raw_id_fields = ["pool", "user"]
+    readonly_fields = ["registered_at"]
+
+
+@admin.register(EngineSession)
+class EngineSessionAdmin(admin.ModelAdmin):
+    """Read-mostly: sessions are written by the engine API and ended by the license pages."""
+
+    list_display = ["public_id", "pool", "machine", "user", "started_at", "lease_expires_at", "ended_at", "end_reason"]
+    list_filter = ["pool__product", "end_reason"]
+    search_fields = ["public_id", "machine__machine_id", "hostname", "user__email"]
+    list_select_related = ["pool__organization", "machine", "user"]
+    date_hierarchy = "started_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """The hash is never shown: it is useless to a person and only helps someone guessing keys."""
+
+    list_display = ["name", "prefix", "user", "organization", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix", "user__email"]
+    list_select_related = ["user", "organization"]
+    fields = ["name", "prefix", "user", "organization", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    readonly_fields = ["prefix", "user", "organization", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        # Keys are made with the page or `manage.py create_api_key`, which show the key once.
+        return False
+
+    @admin.action(description="Revoke the selected API keys")
+    def revoke(self, request, queryset):
+        revoked = sum(
+            actions.revoke_api_key(api_key=api_key, actor=request.user, ip_address=client_ip(request))
+            for api_key in queryset.select_related("user", "organization")
+        )
+        self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)

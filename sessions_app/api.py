@@ -1,0 +1,394 @@
+"""The engine API, version 1 (contract/engine-api.md): thin handlers over sessions_app.actions.
+
+Each handler parses, authenticates and calls one action; `endpoint` wraps them all so that every
+answer, including a refusal, an unknown path or a lost database, is the contract's JSON error body
+with an X-Request-ID, and no input reaches a 5xx.
+"""
+
+import json
+import logging
+import re
+import uuid
+from functools import wraps
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from licenses import errors
+from licenses.models import LicensePool
+from organizations.audit import client_ip
+
+from . import actions, ratelimit
+from .actions import iso
+from .models import API_KEY_PREFIX, ApiKey, hash_api_key
+from .openapi import openapi_document
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024
+RETRY_AFTER_UNAVAILABLE = 5
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+BEARER = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
+RAW_KEY = re.compile(re.escape(API_KEY_PREFIX) + r"[A-Za-z0-9_\-]{20,100}")
+SESSION_ID = re.compile(r"s_[A-Za-z0-9_\-]{1,38}")
+MACHINE_ID = re.compile(r"[A-Za-z0-9._:\-]+")
+ORG_ID = re.compile(r"[A-Za-z0-9._\-]+")
+# Free text still excludes control characters and lone surrogates: PostgreSQL refuses NUL, UTF-8
+# cannot encode a lone surrogate, and pages should never carry terminal escapes an engine sent.
+PRINTABLE = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]*")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+class ApiError(Exception):
+    """A refusal made by the API layer itself (authentication, validation, limits)."""
+
+    def __init__(self, status, code, message, details=None, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+def error_response(status, code, message, details=None, headers=None):
+    response = JsonResponse({"error": {"code": code, "message": message, "details": details or {}}}, status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def invalid_request(fields, message="The request is invalid; see details.fields."):
+    return ApiError(400, "invalid_request", message, {"fields": fields})
+
+
+def _request_id(request):
+    incoming = request.headers.get("X-Request-ID", "")
+    return incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
+def _rate_limit(request, presented_hash):
+    """One upsert counts the request against its address and, before the key is even looked up,
+    against the key it presents (by hash), so guessing keys is limited per address as well."""
+    buckets = {f"address:{client_ip(request) or 'unknown'}": "address"}
+    if presented_hash is not None:
+        buckets[f"key:{presented_hash[:40]}"] = "key"
+    verdict = ratelimit.hit(buckets)
+    if not verdict.allowed:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"Too many requests for this API key or address. Retry after {verdict.retry_after} seconds.",
+            {
+                "limits": {
+                    kind: dict(zip(("requests", "seconds"), ratelimit.limit_for(kind), strict=True))
+                    for kind in buckets.values()
+                }
+            },
+            {"Retry-After": str(verdict.retry_after)},
+        )
+
+
+def _presented_hash(request):
+    """The hash of the key in a well-formed Authorization header, or None. Only the hash travels
+    further, so the raw key cannot end up in a log or an error report."""
+    match = BEARER.fullmatch(request.headers.get("Authorization", ""))
+    if match is None or not RAW_KEY.fullmatch(match.group(1)):
+        return None
+    return hash_api_key(match.group(1))
+
+
+def _authenticate(presented_hash):
+    """The usable key presented. One answer for every kind of failure, so the API cannot be used to
+    learn which keys exist, were revoked or have expired."""
+    try:
+        api_key = ApiKey.objects.usable().select_related("user", "organization").get(key_hash=presented_hash)
+    except ApiKey.DoesNotExist:
+        api_key = None
+    if api_key is None:
+        raise ApiError(
+            401,
+            "invalid_api_key",
+            "A valid API key is required: send the header 'Authorization: Bearer <api key>'. "
+            "Create a key on the portal's API keys page.",
+            headers={"WWW-Authenticate": 'Bearer realm="katalon-admin"'},
+        )
+    actions.touch_api_key(api_key)
+    return api_key
+
+
+def endpoint(*methods, authenticated=True):
+    def decorate(handler):
+        @csrf_exempt
+        @wraps(handler)
+        def view(request, *args, **kwargs):
+            request_id = _request_id(request)
+            try:
+                if request.method not in methods:
+                    allowed = ", ".join(methods)
+                    raise ApiError(
+                        405,
+                        "method_not_allowed",
+                        f"{request.method[:20]} is not allowed here; use {allowed}.",
+                        {"allowed": list(methods)},
+                        {"Allow": allowed},
+                    )
+                presented_hash = _presented_hash(request) if authenticated else None
+                _rate_limit(request, presented_hash)
+                if authenticated:
+                    request.api_key = _authenticate(presented_hash)
+                response = handler(request, *args, **kwargs)
+            except ApiError as refusal:
+                response = error_response(
+                    refusal.status, refusal.code, refusal.message, refusal.details, refusal.headers
+                )
+            except errors.LicenseRefusal as refusal:
+                response = error_response(refusal.status, refusal.code, refusal.message, refusal.details)
+            except (OperationalError, InterfaceError):
+                response = _unavailable()
+            except DatabaseError:
+                # Anything else the database refuses is a fault on our side, never the engine's to fix;
+                # nothing was granted, since the transaction rolled back.
+                logger.exception("Database error in the engine API")
+                response = _unavailable()
+            response["X-Request-ID"] = request_id
+            response["Cache-Control"] = "no-store"
+            return response
+
+        return view
+
+    return decorate
+
+
+def _unavailable():
+    return error_response(
+        503,
+        "service_unavailable",
+        "The license server cannot reach its database right now; nothing was granted. "
+        f"Retry after {RETRY_AFTER_UNAVAILABLE} seconds.",
+        headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE)},
+    )
+
+
+def _json_body(request):
+    try:
+        raw = request.body
+    except (RequestDataTooBig, OSError) as exc:  # OSError: a client that hung up mid-body
+        raise invalid_request({"body": ["The body is too large or could not be read."]}) from exc
+    if len(raw) > MAX_BODY_BYTES:
+        raise invalid_request({"body": [f"The body must be at most {MAX_BODY_BYTES} bytes."]})
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise invalid_request({"body": ["The body must be a JSON object."]}) from exc
+    if not isinstance(body, dict):
+        raise invalid_request({"body": ["The body must be a JSON object."]})
+    return body
+
+
+def _string(body, name, problems, *, required=False, max_length, pattern=None, alphabet="", choices=None):
+    value = body.get(name)
+    if value is None:
+        if required:
+            problems[name] = ["This field is required."]
+        return ""
+    if not isinstance(value, str):
+        problems[name] = ["Must be a string."]
+        return ""
+    reasons = []
+    if choices is not None:
+        if value not in choices:
+            reasons.append(f"Must be one of: {', '.join(choices)}.")
+    else:
+        if required and not value:
+            reasons.append("Must not be empty.")
+        if len(value) > max_length:
+            reasons.append(f"At most {max_length} characters.")
+        if value and not (pattern or PRINTABLE).fullmatch(value):
+            reasons.append(f"Only {alphabet} are allowed." if alphabet else "Control characters are not allowed.")
+    if reasons:
+        problems[name] = reasons
+    return value
+
+
+def _boolean(body, name, problems):
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        problems[name] = ["Must be true or false (a JSON boolean)."]
+        return False
+    return value
+
+
+def _activation_request(body):
+    problems = {}
+    fields = {
+        "product": _string(body, "product", problems, required=True, max_length=3, choices=["KSE", "RE"]),
+        "machine_id": _string(
+            body,
+            "machine_id",
+            problems,
+            required=True,
+            max_length=128,
+            pattern=MACHINE_ID,
+            alphabet="A-Z a-z 0-9 . _ : -",
+        ),
+        "org_id": _string(body, "org_id", problems, max_length=64, pattern=ORG_ID, alphabet="A-Z a-z 0-9 . _ -"),
+        "hostname": _string(body, "hostname", problems, max_length=255),
+        "engine_version": _string(body, "engine_version", problems, max_length=64),
+        "release_previous": _boolean(body, "release_previous", problems),
+        "ephemeral": _boolean(body, "ephemeral", problems),
+    }
+    return fields, problems
+
+
+def _idempotency_key(request):
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise invalid_request(
+            {"Idempotency-Key": ["1 to 255 printable ASCII characters without spaces."]},
+            "The Idempotency-Key header is invalid.",
+        )
+    return key
+
+
+def activation_body(activation):
+    pool, session, machine = activation.pool, activation.session, activation.machine
+    return {
+        "session": {
+            "id": session.public_id,
+            "lease_expires_at": iso(session.lease_expires_at),
+            "heartbeat_interval_seconds": pool.heartbeat_interval_seconds,
+        },
+        "organization": {"id": pool.organization.public_id, "name": pool.organization.name},
+        "product": pool.product,
+        "machine": {"machine_id": machine.machine_id, "registered_at": iso(machine.registered_at)},
+        "license": {"expires_at": iso(pool.expires_at)},
+        "usage": {
+            "sessions": {"used": activation.sessions_used, "quota": pool.quota},
+            "machines": {"used": activation.machines_used, "quota": pool.machine_quota},
+        },
+    }
+
+
+@endpoint("POST")
+def activate(request):
+    body = _json_body(request)
+    fields, problems = _activation_request(body)
+    idempotency_key = _idempotency_key(request)
+    if problems:
+        raise invalid_request(problems)
+    api_key = request.api_key
+
+    def grant(on_granted=None):
+        return actions.activate(
+            api_key=api_key,
+            user=api_key.user,
+            ip_address=client_ip(request),
+            on_granted=on_granted,
+            **fields,
+        )
+
+    if idempotency_key is None:
+        return JsonResponse(activation_body(grant()), status=201)
+
+    claim = actions.claim_idempotency_key(
+        user=api_key.user, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
+    )
+    if claim.replay:
+        return JsonResponse(claim.record.response_body, status=claim.record.status_code)
+    try:
+        activation = grant(
+            on_granted=lambda activation: actions.complete_idempotency_claim(
+                record=claim.record, status_code=201, body=activation_body(activation)
+            )
+        )
+    except errors.LicenseRefusal:
+        actions.abandon_idempotency_claim(record=claim.record)
+        raise
+    return JsonResponse(activation_body(activation), status=201)
+
+
+def _session_or_404(session_id):
+    if not SESSION_ID.fullmatch(session_id):
+        raise errors.SessionNotFound(f"No session {session_id[:64]} of yours exists.")
+
+
+@endpoint("POST")
+def heartbeat(request, session_id):
+    _session_or_404(session_id)
+    session = actions.heartbeat(
+        user=request.api_key.user, session_id=session_id, organization=request.api_key.organization
+    )
+    return JsonResponse(
+        {
+            "session": {
+                "id": session.public_id,
+                "lease_expires_at": iso(session.lease_expires_at),
+                "heartbeat_interval_seconds": session.pool.heartbeat_interval_seconds,
+            }
+        }
+    )
+
+
+@endpoint("POST")
+def release(request, session_id):
+    _session_or_404(session_id)
+    session = actions.release_session(
+        user=request.api_key.user,
+        session_id=session_id,
+        ip_address=client_ip(request),
+        organization=request.api_key.organization,
+    )
+    return JsonResponse(
+        {"session": {"id": session.public_id, "ended_at": iso(session.ended_at), "end_reason": session.end_reason}}
+    )
+
+
+@endpoint("GET")
+def organizations(request):
+    api_key = request.api_key
+    pools = LicensePool.objects.filter(
+        organization__memberships__user=api_key.user, organization__memberships__removed_at__isnull=True
+    )
+    if api_key.organization_id is not None:
+        pools = pools.filter(organization_id=api_key.organization_id)
+    by_organization = {}
+    for public_id, name, product in pools.order_by(
+        "organization__name", "organization__public_id", "product"
+    ).values_list("organization__public_id", "organization__name", "product"):
+        by_organization.setdefault(public_id, {"id": public_id, "name": name, "products": []})["products"].append(
+            product
+        )
+    return JsonResponse({"organizations": list(by_organization.values())})
+
+
+@endpoint("GET", authenticated=False)
+def public_key(request):
+    # Imported here so this module loads before the signing key is needed.
+    from licenses.signing import public_key_pem
+
+    pem = public_key_pem()
+    if request.get_preferred_type(["application/x-pem-file", "application/json"]) == "application/json":
+        return JsonResponse({"algorithm": "ed25519", "public_key_pem": pem})
+    return HttpResponse(pem, content_type="application/x-pem-file")
+
+
+@endpoint("GET", authenticated=False)
+def openapi(request):
+    return JsonResponse(openapi_document(server_url=request.build_absolute_uri("/").rstrip("/")))
+
+
+@endpoint("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", authenticated=False)
+def not_found(request, path=""):
+    raise ApiError(
+        404,
+        "not_found",
+        "No such endpoint. The API is described at /api/v1/openapi.json.",
+        {"path": request.path[:200]},
+    )

@@ -1,0 +1,131 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from licenses import errors
+from organizations.audit import client_ip
+
+from . import actions
+from .forms import ApiKeyForm, CommandForm
+from .models import ApiKey
+
+KEYS_PER_PAGE = 25
+
+
+def _render_api_keys(request, *, form=None, created=None, raw_key=None, notice=""):
+    keys = ApiKey.objects.filter(user=request.user).select_related("organization").order_by("-created_at", "-pk")
+    page = Paginator(keys, KEYS_PER_PAGE).get_page(request.GET.get("page"))
+    context = {
+        "form": form or ApiKeyForm(user=request.user),
+        "page_obj": page,
+        "created": created,
+        "raw_key": raw_key,
+        "notice": notice,
+    }
+    template = "sessions_app/api_keys.html#panel" if request.htmx else "sessions_app/api_keys.html"
+    return render(request, template, context)
+
+
+@login_required
+@require_GET
+def api_keys(request):
+    return _render_api_keys(request)
+
+
+@login_required
+@require_POST
+def api_key_create(request):
+    form = ApiKeyForm(request.POST, user=request.user)
+    if not form.is_valid():
+        return _render_api_keys(request, form=form)
+    try:
+        api_key, raw_key = actions.create_api_key(
+            user=request.user,
+            name=form.cleaned_data["name"],
+            organization=form.cleaned_data["organization"],
+            expires_at=form.expires_at,
+            actor=request.user,
+            ip_address=client_ip(request),
+        )
+    except errors.LicenseRefusal as refusal:
+        form.add_error(None, refusal.message)
+        return _render_api_keys(request, form=form)
+    # Rendered, not redirected: the key exists only in this response.
+    return _render_api_keys(request, created=api_key, raw_key=raw_key)
+
+
+@login_required
+@require_POST
+def api_key_revoke(request, key_id):
+    api_key = get_object_or_404(ApiKey.objects.select_related("organization", "user"), pk=key_id, user=request.user)
+    actions.revoke_api_key(api_key=api_key, actor=request.user, ip_address=client_ip(request))
+    notice = f"Revoked the key {api_key.name} ({api_key.prefix}…). It no longer works."
+    if request.htmx:
+        return _render_api_keys(request, notice=notice)
+    messages.success(request, notice)
+    return redirect("api_keys")
+
+
+def _command_form(request, data):
+    # The nav links here with ?org=…; only a submitted form (it always sends a browser) is bound,
+    # so a first visit shows the defaults instead of "required" errors.
+    form = CommandForm(data if "browser" in data else None, user=request.user)
+    if not form.is_bound:
+        organizations = form.fields["org"].queryset
+        form.initial["org"] = organizations.filter(public_id=data.get("org", "")).first() or organizations.first()
+    return form
+
+
+def _current_values(form):
+    """The choices the command was made from, carried by the create-a-key form."""
+    organization = form.value("org")
+    values = {
+        "org": organization.public_id if organization else "",
+        "project_path": form.value("project_path"),
+        "test_suite_path": form.value("test_suite_path"),
+        "browser": form.value("browser"),
+        "retry": form.value("retry"),
+    }
+    if form.value("release_previous"):
+        values["release_previous"] = "on"
+    return values
+
+
+def _render_command(request, form, *, created=None, raw_key=None):
+    context = {
+        "form": form,
+        "has_organizations": form.fields["org"].queryset.exists(),
+        "command": form.command(server_url=request.build_absolute_uri("/").rstrip("/"), raw_key=raw_key),
+        "created": created,
+        "raw_key": raw_key,
+        "current": _current_values(form),
+    }
+    template = "sessions_app/command_generator.html#output" if request.htmx else "sessions_app/command_generator.html"
+    return render(request, template, context)
+
+
+@login_required
+@require_GET
+def command_generator(request):
+    return _render_command(request, _command_form(request, request.GET))
+
+
+@login_required
+@require_POST
+def command_generator_key(request):
+    """A fresh key restricted to the chosen organization, put into the command and shown once."""
+    form = _command_form(request, request.POST)
+    organization = form.value("org")
+    if organization is None:
+        return _render_command(request, form)
+    api_key, raw_key = actions.create_api_key(
+        user=request.user,
+        name=f"katalonc for {organization.name} ({timezone.now():%Y-%m-%d %H:%M})",
+        organization=organization,
+        actor=request.user,
+        ip_address=client_ip(request),
+    )
+    return _render_command(request, form, created=api_key, raw_key=raw_key)

@@ -1,0 +1,108 @@
+"""Limits hold under real concurrency: many simultaneous requests, each on its own database
+connection, against PostgreSQL (SQLite serialises writers, so it cannot show a race)."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+
+from sessions_app.actions import expire_sessions
+from sessions_app.models import EngineSession, Machine
+from tests import factories
+
+from .conftest import Engine
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+# PostgreSQL's default max_connections is 100 and the server is shared (CI, other test runs), so
+# requests go through at most this many connections at a time: enough for every race to happen.
+CONNECTIONS = 20
+
+
+def all_at_once(count, request):
+    """Run request(n) for n in range(count) from CONNECTIONS threads, each with its own database
+    connection, released together by a barrier; returns the answers in order."""
+    workers = min(count, CONNECTIONS)
+    barrier = threading.Barrier(workers)
+    answers = [None] * count
+
+    def run(worker):
+        try:
+            barrier.wait()
+            for n in range(worker, count, workers):
+                answers[n] = request(n)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(worker,)) for worker in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def activate(raw_key, **fields):
+    def request(n):
+        response = Engine(Client(), raw_key).activate(**{"machine_id": f"agent-{n}", **fields})
+        return response.status_code, response.json()
+
+    return request
+
+
+def test_a_quota_of_10_admits_exactly_10_of_100_simultaneous_activations(member_user, organization):
+    """100 processes start at once against quota 10: exactly 10 sessions, 90 session_quota_exceeded."""
+    pool = factories.LicensePoolFactory(organization=organization, quota=10, machine_quota=100)
+    raw_key = factories.ApiKeyFactory(user=member_user).raw_key
+    answers = all_at_once(100, activate(raw_key))
+    statuses = [status for status, _ in answers]
+    assert statuses.count(201) == 10
+    assert [body["error"]["code"] for status, body in answers if status != 201] == ["session_quota_exceeded"] * 90
+    assert EngineSession.objects.filter(pool=pool).live().count() == 10
+
+
+def test_a_machine_quota_of_5_admits_exactly_5_of_60_new_machines(member_user, organization):
+    """60 new machines at once against machine quota 5: exactly 5 registered, the rest machine_quota_exceeded."""
+    pool = factories.LicensePoolFactory(organization=organization, quota=100, machine_quota=5)
+    raw_key = factories.ApiKeyFactory(user=member_user).raw_key
+    answers = all_at_once(60, activate(raw_key))
+    assert [status for status, _ in answers].count(201) == 5
+    assert {body["error"]["code"] for status, body in answers if status != 201} == {"machine_quota_exceeded"}
+    assert Machine.objects.filter(pool=pool).registered().count() == 5
+
+
+def test_30_simultaneous_retries_with_one_idempotency_key_take_one_session(member_user, organization):
+    """30 retries of one request at once: one session; every answer is that session's 201 or 'in use'."""
+    pool = factories.LicensePoolFactory(organization=organization, quota=50, machine_quota=50)
+    raw_key = factories.ApiKeyFactory(user=member_user).raw_key
+
+    def retry(n):
+        response = Engine(Client(), raw_key).activate(machine_id="ci-7", headers={"Idempotency-Key": "build-1"})
+        return response.status_code, response.json()
+
+    answers = all_at_once(30, retry)
+    assert EngineSession.objects.filter(pool=pool).count() == 1
+    granted = [body for status, body in answers if status == 201]
+    assert granted
+    assert all(body == granted[0] for body in granted)
+    assert {body["error"]["code"] for status, body in answers if status != 201} <= {"idempotency_key_in_use"}
+    assert granted[0]["session"]["id"] == EngineSession.objects.get().public_id
+    again = Engine(Client(), raw_key).activate(machine_id="ci-7", headers={"Idempotency-Key": "build-1"})
+    assert again.json() == granted[0]
+
+
+def test_expire_sessions_on_many_hosts_at_once_ends_each_lease_once(member_user, organization):
+    """Several expire_sessions runs at once end every lapsed lease exactly once, all as expired."""
+    pool = factories.LicensePoolFactory(organization=organization, quota=50, machine_quota=50)
+    for _ in range(20):
+        factories.EngineSessionFactory(pool=pool, lease_expires_at=timezone.now() - timedelta(seconds=5))
+    live = factories.EngineSessionFactory(pool=pool)
+    results = all_at_once(8, lambda n: expire_sessions())
+    assert sum(result.sessions_expired for result in results) >= 20
+    assert EngineSession.objects.filter(end_reason="expired").count() == 20
+    live.refresh_from_db()
+    assert live.is_live

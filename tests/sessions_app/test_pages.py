@@ -1,0 +1,254 @@
+"""The API keys page and the command generator."""
+
+import shlex
+
+import pytest
+from django.utils import timezone
+
+from organizations.audit import Action
+from organizations.models import AuditEvent
+from sessions_app.forms import shell_quote
+from sessions_app.models import ApiKey, hash_api_key
+from tests import factories
+
+from .conftest import Engine
+
+
+def created_key(response):
+    html = response.content.decode()
+    start = html.index('id="new-api-key">') + len('id="new-api-key">')
+    return html[start : html.index("<", start)]
+
+
+def test_pages_need_a_signed_in_person(client, db):
+    """Signed-out visitors are sent to sign in."""
+    for url in ("/api-keys/", "/command-generator/"):
+        response = client.get(url)
+        assert response.status_code == 302
+        assert "/accounts/login/" in response["Location"]
+
+
+def test_a_created_key_is_shown_once_and_only_its_hash_is_kept(member_client, member_user, organization):
+    """Creating a key shows it once; the list afterwards shows only its prefix."""
+    response = member_client.post(
+        "/api-keys/new/", {"name": "Jenkins", "organization": organization.public_id, "expires": "2099-01-31"}
+    )
+    assert response.status_code == 200
+    raw_key = created_key(response)
+    assert raw_key.startswith("kat_")
+    api_key = ApiKey.objects.get(user=member_user)
+    assert api_key.key_hash == hash_api_key(raw_key)
+    assert api_key.organization == organization
+    assert raw_key[:12] == api_key.prefix
+    listing = member_client.get("/api-keys/").content.decode()
+    assert raw_key not in listing
+    assert api_key.prefix in listing
+    assert "Jenkins" in listing
+    assert AuditEvent.objects.filter(action=Action.API_KEY_CREATED, actor=member_user).exists()
+
+
+def test_htmx_creation_answers_the_panel_only(member_client):
+    """With htmx the answer is the panel fragment holding the new key, not a whole page."""
+    response = member_client.post("/api-keys/new/", {"name": "Jenkins"}, headers={"HX-Request": "true"})
+    html = response.content.decode()
+    assert html.lstrip().startswith('<div id="api-keys-panel">')
+    assert "<html" not in html
+    assert created_key(response).startswith("kat_")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": ""}, "This field is required."),
+        ({"name": "   "}, "This field is required."),
+        ({"name": "x", "expires": "2001-01-01"}, "today or later"),
+        ({"name": "x", "expires": "soon"}, "Enter a valid date."),
+        ({"name": "x" * 101}, "at most 100 characters"),
+    ],
+)
+def test_bad_input_re_renders_the_form_with_the_reason(member_client, data, message):
+    """Invalid input keeps the page, says what is wrong and creates nothing."""
+    response = member_client.post("/api-keys/new/", data)
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not ApiKey.objects.exists()
+
+
+def test_a_key_cannot_be_restricted_to_someone_elses_organization(member_client, other_organization):
+    """Only the person's own organizations are offered, and another's id is refused."""
+    response = member_client.post("/api-keys/new/", {"name": "x", "organization": other_organization.public_id})
+    assert "Select a valid choice" in response.content.decode()
+    assert not ApiKey.objects.exists()
+
+
+def test_revoking_a_key_stops_it_and_is_audited(client, member_client, member_user, re_pool):
+    """Revoke answers with the list again; the key is refused by the API from then on."""
+    api_key = factories.ApiKeyFactory(user=member_user)
+    response = member_client.post(f"/api-keys/{api_key.pk}/revoke/")
+    assert response.status_code == 302
+    api_key.refresh_from_db()
+    assert api_key.status == "revoked"
+    assert Engine(client, api_key.raw_key).activate().status_code == 401
+    assert AuditEvent.objects.filter(action=Action.API_KEY_REVOKED).exists()
+    page = member_client.get("/api-keys/").content.decode()
+    assert "Revoked the key" in page
+    assert f"/api-keys/{api_key.pk}/revoke/" not in page
+
+
+def test_revoking_with_htmx_answers_the_panel(member_client, member_user):
+    """With htmx the panel comes back with the key marked revoked and a notice."""
+    api_key = factories.ApiKeyFactory(user=member_user, name="Old laptop")
+    html = member_client.post(f"/api-keys/{api_key.pk}/revoke/", headers={"HX-Request": "true"}).content.decode()
+    assert "Revoked the key Old laptop" in html
+    assert "Revoked</span>" in html
+
+
+def test_someone_elses_key_is_not_found(member_client):
+    """Another person's key cannot be revoked, or even confirmed to exist."""
+    theirs = factories.ApiKeyFactory()
+    assert member_client.post(f"/api-keys/{theirs.pk}/revoke/").status_code == 404
+    theirs.refresh_from_db()
+    assert theirs.revoked_at is None
+
+
+def test_revoke_is_a_post(member_client, member_user):
+    """A GET never revokes."""
+    api_key = factories.ApiKeyFactory(user=member_user)
+    assert member_client.get(f"/api-keys/{api_key.pk}/revoke/").status_code == 405
+
+
+def test_the_list_shows_only_my_keys_in_a_fixed_number_of_queries(
+    member_client, member_user, organization, django_assert_max_num_queries
+):
+    """Many keys cost no more queries than a few, and another person's keys never show."""
+    for n in range(30):
+        factories.ApiKeyFactory(user=member_user, name=f"key {n}", organization=organization if n % 2 else None)
+    factories.ApiKeyFactory(name="someone else's")
+    ApiKey.objects.filter(name="key 3").update(revoked_at=timezone.now())
+    with django_assert_max_num_queries(8):
+        html = member_client.get("/api-keys/").content.decode()
+    assert "someone else&#x27;s" not in html
+    assert "key 29" in html
+    assert "Page 1 of 2" in html
+    assert "key 0" in member_client.get("/api-keys/?page=2").content.decode()
+
+
+# The command generator
+
+
+def test_the_command_has_every_part_filled_in(member_client, organization, re_pool):
+    """The generated katalonc command names the project, suite, browser, retries, organization and this server."""
+    response = member_client.get(
+        "/command-generator/",
+        {
+            "org": organization.public_id,
+            "project_path": "/home/ci/My Project/shop.prj",
+            "test_suite_path": "Test Suites/Checkout",
+            "browser": "Firefox (headless)",
+            "retry": "2",
+            "release_previous": "on",
+        },
+    )
+    command = response.context["command"]
+    assert shlex.split(command) == [
+        "katalonc",
+        "-noSplash",
+        "-runMode=console",
+        "-projectPath=/home/ci/My Project/shop.prj",
+        "-retry=2",
+        "-testSuitePath=Test Suites/Checkout",
+        "-browserType=Firefox (headless)",
+        "-apiKey=<your-api-key>",
+        f"-orgID={organization.public_id}",
+        "-serverUrl=http://testserver",
+        "-licenseRelease=true",
+    ]
+
+
+def test_the_nav_link_preselects_the_organization(member_client, member_user, organization, re_pool):
+    """?org= from the navigation chooses that organization and shows the defaults without errors."""
+    second = factories.OrganizationFactory(name="Beta Org")
+    factories.MembershipFactory(organization=second, user=member_user)
+    factories.LicensePoolFactory(organization=second)
+    response = member_client.get("/command-generator/", {"org": second.public_id})
+    assert f"-orgID={second.public_id}" in response.context["command"]
+    assert "errorlist" not in response.content.decode()
+    assert "-licenseRelease" not in response.context["command"]
+
+
+def test_only_organizations_with_runtime_engine_are_offered(member_client, member_user, organization, re_pool):
+    """Organizations with only KSE, or that are not mine, are not choices."""
+    kse_only = factories.OrganizationFactory(name="KSE Only")
+    factories.MembershipFactory(organization=kse_only, user=member_user)
+    factories.LicensePoolFactory(organization=kse_only, product="KSE")
+    foreign = factories.LicensePoolFactory(organization=factories.OrganizationFactory(name="Strangers"))
+    form = member_client.get("/command-generator/").context["form"]
+    assert list(form.fields["org"].queryset) == [organization]
+    response = member_client.get("/command-generator/", {"org": foreign.organization.public_id, "browser": "Chrome"})
+    assert foreign.organization.public_id not in response.context["command"]
+
+
+def test_a_person_without_runtime_engine_is_told_so(member_client, organization):
+    """With no RE pool anywhere, the page says there is nothing to generate."""
+    assert (
+        "None of your organizations has Runtime Engine licenses"
+        in member_client.get("/command-generator/").content.decode()
+    )
+
+
+def test_htmx_updates_answer_the_command_only(member_client, organization, re_pool):
+    """As the person types, htmx gets the command fragment only."""
+    html = member_client.get(
+        "/command-generator/",
+        {"org": organization.public_id, "browser": "Safari", "retry": "1"},
+        headers={"HX-Request": "true"},
+    ).content.decode()
+    assert html.lstrip().startswith('<section id="command-output"')
+    assert "-browserType=&quot;Safari&quot;" in html
+
+
+def test_a_bad_retry_count_is_explained_and_the_command_stays_whole(member_client, organization, re_pool):
+    """A negative retry count is named beside the command, which keeps the default."""
+    response = member_client.get(
+        "/command-generator/", {"org": organization.public_id, "browser": "Chrome", "retry": "-1"}
+    )
+    assert "Retries: Ensure this value is greater than or equal to 0." in response.content.decode()
+    assert "-retry=0" in response.context["command"]
+
+
+def test_a_fresh_key_goes_into_the_command_and_works(client, member_client, member_user, organization, re_pool):
+    """Creating a key from the generator puts it in the command, restricted to that organization."""
+    response = member_client.post(
+        "/command-generator/key/", {"org": organization.public_id, "browser": "Chrome", "retry": "0"}
+    )
+    arguments = dict(part.split("=", 1) for part in shlex.split(response.context["command"])[3:])
+    raw_key = arguments["-apiKey"]
+    assert ApiKey.objects.get(key_hash=hash_api_key(raw_key)).organization == organization
+    assert Engine(client, raw_key).activate(org_id=arguments["-orgID"]).status_code == 201
+
+
+def test_a_fresh_key_is_only_for_my_organizations(member_client, other_organization):
+    """The generator will not make a key for an organization the person is not in."""
+    factories.LicensePoolFactory(organization=other_organization)
+    member_client.post("/command-generator/key/", {"org": other_organization.public_id, "browser": "Chrome"})
+    assert not ApiKey.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['my "project"', "$(rm -rf ~)", "`id`", "back\\slash", "it's", "wow!", "line\nbreak", "plain path"],
+)
+def test_values_are_quoted_safely_for_a_shell(value):
+    """Whatever a path contains, the shell reads it back as exactly that value."""
+    assert shlex.split(f"-projectPath={shell_quote(value)}") == [f"-projectPath={value}"]
+
+
+def test_the_generator_costs_a_fixed_number_of_queries(member_client, member_user, django_assert_max_num_queries):
+    """However many organizations the person is in, the page costs the same few queries."""
+    for n in range(15):
+        organization = factories.OrganizationFactory(name=f"Org {n:02d}")
+        factories.MembershipFactory(organization=organization, user=member_user)
+        factories.LicensePoolFactory(organization=organization)
+    with django_assert_max_num_queries(8):
+        response = member_client.get("/command-generator/")
+    assert "Org 14" in response.content.decode()

@@ -1,0 +1,58 @@
+"""With the database out of reach the API answers 503 with Retry-After and grants nothing."""
+
+import pytest
+from django.db import connection
+
+from sessions_app.models import EngineSession
+
+from .conftest import Engine
+
+
+class DatabaseOutOfReach:
+    """Points the default connection at a database that cannot be reached, for real: the next query
+    opens a new connection to it and fails. The test's own connection is put back afterwards."""
+
+    def __enter__(self):
+        self.settings = dict(connection.settings_dict)
+        self.open_connection = connection.connection
+        connection.connection = None
+        if connection.vendor == "sqlite":
+            connection.settings_dict["NAME"] = "/nonexistent-directory/katalon.sqlite3"
+        else:
+            connection.settings_dict.update(HOST="127.0.0.1", PORT="9")
+            connection.settings_dict.setdefault("OPTIONS", {})["connect_timeout"] = 2
+        return self
+
+    def __exit__(self, *exc_info):
+        if connection.connection is not None:
+            connection.connection.close()
+        connection.settings_dict.clear()
+        connection.settings_dict.update(self.settings)
+        connection.connection = self.open_connection
+        connection.close_if_unusable_or_obsolete()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "path", ["engine/activate", "engine/sessions/s_abc/heartbeat", "engine/sessions/s_abc/release"]
+)
+def test_an_unreachable_database_is_a_503(client, api_key, re_pool, path):
+    """Every engine call answers 503 service_unavailable with Retry-After, and no session is created."""
+    engine = Engine(client, api_key.raw_key)
+    with DatabaseOutOfReach():
+        response = engine.post(path, {"product": "RE", "machine_id": "agent-1"})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "service_unavailable"
+    assert int(response["Retry-After"]) >= 1
+    assert response["X-Request-ID"]
+    assert not EngineSession.objects.exists()
+    assert engine.activate().status_code == 201
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_public_endpoints_are_503_too(client, db):
+    """The organizations list and public key need the database as well, and say so the same way."""
+    with DatabaseOutOfReach():
+        response = client.get("/api/v1/offline-licenses/public-key")
+    assert response.status_code == 503
+    assert response["Retry-After"]
