@@ -22,4 +22,3 @@ def members(organization):
 @pytest.fixture
 def rival_pool(other_organization):
     return factories.LicensePoolFactory(organization=other_organization, product="KSE", quota=3)
-

@@ -21,4 +21,3 @@ def other_owner_client(client, other_organization):
 
 def membership_of(user, organization):
     return user.memberships.get(organization=organization, removed_at__isnull=True)
-
