@@ -1,0 +1,237 @@
+"""The usage page (peak chart and session history), its CSV export, and "My licenses"."""
+
+from collections import defaultdict
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET, require_POST
+
+from organizations.audit import client_ip
+from organizations.csv_stream import streaming_csv_response
+from organizations.models import Membership
+from organizations.permissions import org_member_required
+from sessions_app.actions import release_session
+from sessions_app.models import EngineSession, Machine
+
+from .errors import LicenseRefusal
+from .models import LicensedUser, LicensePool, Product
+from .usage import LIVE, Chart, UsageSummary, format_duration, history, peak_by_bucket
+from .usage_forms import REASON_CHOICES, UsageFilterForm
+
+HISTORY_PAGE_SIZE = 50
+REASON_LABELS = dict(REASON_CHOICES)
+EXPORT_CHUNK_SIZE = 2000
+CSV_HEADER = [
+    "User",
+    "Email",
+    "Session id",
+    "Machine id",
+    "Host",
+    "Product",
+    "Started (UTC)",
+    "Ended (UTC)",
+    "Duration (seconds)",
+    "End reason",
+]
+
+
+def _timestamp(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
+
+
+# Runtime Engine first: its floating licenses are where concurrent use decides what to buy.
+PRODUCT_ORDER = [Product.RE, Product.KSE]
+
+
+def _read_filter(request, now):
+    """The organization's pools by product, the bound filter form, and the page's base context."""
+    organization = request.organization
+    pools = {pool.product: pool for pool in LicensePool.objects.for_org(organization)}
+    products = [(product.value, product.label) for product in PRODUCT_ORDER if product.value in pools]
+    form = UsageFilterForm(request.GET, products=products, now=now)
+    context = {
+        "organization": organization,
+        "form": form,
+        "pools": pools,
+        "usage_url": reverse("usage", args=[organization.public_id]),
+    }
+    return pools, form, context
+
+
+def _filtered_history(pool, filters, now):
+    return history(
+        pool=pool,
+        period=filters["period"],
+        now=now,
+        user_text=filters["user"],
+        machine_text=filters["machine"],
+        reason=filters["reason"],
+    )
+
+
+@require_GET
+@org_member_required
+def usage(request):
+    now = timezone.now()
+    pools, form, context = _read_filter(request, now)
+    status = 200
+    if pools and form.is_valid():
+        filters = form.cleaned_data
+        pool, period = pools[filters["product"]], filters["period"]
+        summary = UsageSummary(
+            buckets=peak_by_bucket(pool=pool, period=period, now=now), quota=pool.quota, granularity=period.granularity
+        )
+        sessions = _filtered_history(pool, filters, now).select_related("user", "machine")
+        page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+        context.update(
+            pool=pool,
+            period=period,
+            summary=summary,
+            chart=Chart(summary),
+            live_now=pool.sessions.live().count(),
+            page=page,
+            rows=[
+                {
+                    "session": session,
+                    "is_live": session.status == LIVE,
+                    "reason": REASON_LABELS.get(session.status, session.status),
+                    "duration": format_duration(session.held_until - session.started_at),
+                }
+                for session in page
+            ],
+        )
+    elif pools:
+        status = 400
+    if request.htmx and not request.htmx.history_restore_request:
+        # htmx swaps only 2xx answers; the fragment carries the errors beside the figures instead.
+        response = render(request, "usage/usage.html#results", context)
+    else:
+        response = render(request, "usage/usage.html", context, status=status)
+    # The same URL answers with a fragment or a page depending on HX-Request: caches must not mix them.
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@require_GET
+@org_member_required
+def usage_export(request):
+    """The filtered session history as CSV, streamed over a chunked query (a server-side cursor on
+    PostgreSQL), so a million rows take neither the request's memory nor a timeout."""
+    now = timezone.now()
+    pools, form, context = _read_filter(request, now)
+    if not pools or not form.is_valid():
+        return render(request, "usage/usage.html", context, status=400)
+    filters = form.cleaned_data
+    pool, period = pools[filters["product"]], filters["period"]
+    sessions = _filtered_history(pool, filters, now).values_list(
+        "user__name",
+        "user__email",
+        "public_id",
+        "machine__machine_id",
+        "hostname",
+        "started_at",
+        "held_until",
+        "status",
+    )
+    rows = (
+        [
+            name,
+            email,
+            session_id,
+            machine_id,
+            host,
+            pool.product,
+            _timestamp(started),
+            "" if status == LIVE else _timestamp(held_until),
+            int((held_until - started).total_seconds()),
+            status,
+        ]
+        for name, email, session_id, machine_id, host, started, held_until, status in sessions.iterator(
+            chunk_size=EXPORT_CHUNK_SIZE
+        )
+    )
+    organization = request.organization
+    filename = f"sessions-{organization.public_id}-{pool.product}-{period.start:%Y%m%d}-{period.end:%Y%m%d}.csv"
+    return streaming_csv_response(header=CSV_HEADER, rows=rows, filename=filename)
+
+
+def _my_licenses_context(user):
+    """Per organization of the person: their KSE seat, RE access, live sessions and machines.
+    Five queries whatever the number of organizations, sessions or machines."""
+    memberships = list(
+        Membership.objects.active().filter(user=user).select_related("organization").order_by("organization__name")
+    )
+    organization_ids = [membership.organization_id for membership in memberships]
+    pools = defaultdict(dict)
+    for pool in LicensePool.objects.filter(organization_id__in=organization_ids):
+        pools[pool.organization_id][pool.product] = pool
+    seat_pool_ids = set(
+        LicensedUser.objects.active()
+        .filter(user=user, pool__organization_id__in=organization_ids)
+        .values_list("pool_id", flat=True)
+    )
+    sessions = defaultdict(list)
+    for session in (
+        EngineSession.objects.live()
+        .filter(user=user, pool__organization_id__in=organization_ids)
+        .select_related("pool", "machine")
+        .order_by("-started_at")
+    ):
+        sessions[session.pool.organization_id].append(session)
+    machines = defaultdict(list)
+    for machine in (
+        Machine.objects.registered()
+        .filter(user=user, pool__organization_id__in=organization_ids)
+        .select_related("pool")
+        .order_by("pool__product", "machine_id")
+    ):
+        machines[machine.pool.organization_id].append(machine)
+    entries = []
+    for membership in memberships:
+        org_pools = pools[membership.organization_id]
+        kse_pool, re_pool = org_pools.get(Product.KSE), org_pools.get(Product.RE)
+        entries.append(
+            {
+                "membership": membership,
+                "organization": membership.organization,
+                "kse_pool": kse_pool,
+                "has_kse_seat": kse_pool is not None and kse_pool.pk in seat_pool_ids,
+                "re_pool": re_pool,
+                "sessions": sessions[membership.organization_id],
+                "machines": machines[membership.organization_id],
+            }
+        )
+    return {"entries": entries}
+
+
+@login_required
+@require_GET
+def my_licenses(request):
+    return render(request, "usage/my_licenses.html", _my_licenses_context(request.user))
+
+
+@login_required
+@require_POST
+def end_my_session(request, session_id):
+    """A person ends one of their own sessions (reason `released`), as `katalonc -licenseRelease` would."""
+    refusal = None
+    try:
+        release_session(user=request.user, session_id=session_id, ip_address=client_ip(request))
+    except LicenseRefusal as error:
+        refusal = error.message
+    if request.htmx:
+        context = _my_licenses_context(request.user)
+        context["refusal"] = refusal
+        context["ended"] = None if refusal else session_id
+        # htmx swaps only 2xx answers, so a refusal travels in the fragment, beside the sessions.
+        return render(request, "usage/my_licenses.html#licenses", context)
+    if refusal:
+        messages.error(request, refusal)
+    else:
+        messages.success(request, f"Session {session_id} ended; its license is free.")
+    return redirect("my_licenses")

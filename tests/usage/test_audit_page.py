@@ -1,0 +1,162 @@
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.http import StreamingHttpResponse
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from organizations.audit import Action, record
+from organizations.models import AuditEvent
+
+AUDIT_PAGE_QUERIES = 6
+
+
+def audit_url(organization, **params):
+    url = reverse("audit_log", args=[organization.public_id])
+    return url + ("?" + "&".join(f"{key}={value}" for key, value in params.items()) if params else "")
+
+
+def export_url(organization, **params):
+    url = reverse("audit_export", args=[organization.public_id])
+    return url + ("?" + "&".join(f"{key}={value}" for key, value in params.items()) if params else "")
+
+
+def make_events(organization, count, *, actor=None, action=Action.LICENSE_GRANTED, when=None, **fields):
+    when = when or timezone.now()
+    fields.setdefault("target_label", "someone@example.com")
+    AuditEvent.objects.bulk_create(
+        AuditEvent(
+            organization=organization,
+            actor=actor,
+            actor_label=actor.email if actor else "",
+            action=action,
+            target_type="user",
+            target_id=str(n),
+            ip_address="203.0.113.7",
+            created_at=when - timedelta(seconds=n),
+            **fields,
+        )
+        for n in range(count)
+    )
+
+
+def read_csv(response):
+    return list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+
+
+@pytest.mark.parametrize("rows", [10, 500])
+def test_audit_page_renders_in_a_fixed_number_of_queries(
+    owner_client, organization, owner, rows, django_assert_max_num_queries
+):
+    """The audit page costs the same queries for 10 events as for 500."""
+    make_events(organization, rows, actor=owner)
+    with django_assert_max_num_queries(AUDIT_PAGE_QUERIES):
+        response = owner_client.get(audit_url(organization))
+    assert response.status_code == 200
+
+
+def test_query_count_does_not_grow_with_rows(owner_client, organization, owner):
+    """Rendering 500 events takes exactly as many queries as 10."""
+    make_events(organization, 10, actor=owner)
+    with CaptureQueriesContext(connection) as few:
+        owner_client.get(audit_url(organization))
+    make_events(organization, 490, actor=owner)
+    with CaptureQueriesContext(connection) as many:
+        owner_client.get(audit_url(organization))
+    assert len(few) == len(many)
+
+
+def test_an_event_shows_who_what_whom_when_where_and_the_change(admin_client, organization, owner):
+    """Each event reads as who did what to whom, when, from which address, with before and after."""
+    with transaction.atomic():
+        record(
+            organization=organization,
+            actor=owner,
+            action=Action.MEMBER_ROLE_CHANGED,
+            target_label="mia@example.com",
+            before={"role": "member"},
+            after={"role": "admin"},
+            ip_address="198.51.100.4",
+        )
+    html = admin_client.get(audit_url(organization)).content.decode()
+    assert owner.email in html
+    assert "Changed a role" in html
+    assert "mia@example.com" in html
+    assert "198.51.100.4" in html
+    assert "<del>member</del> → <ins>admin</ins>" in html
+
+
+def test_filters_by_actor_action_and_date(owner_client, organization, owner, admin_user):
+    """Who, what and the date range narrow the list."""
+    make_events(organization, 3, actor=owner, action=Action.LICENSE_GRANTED)
+    make_events(organization, 2, actor=admin_user, action=Action.LICENSE_REVOKED)
+    make_events(
+        organization, 4, actor=admin_user, action=Action.LICENSE_REVOKED, when=datetime(2026, 1, 15, 12, tzinfo=UTC)
+    )
+    count = lambda **params: owner_client.get(audit_url(organization, **params)).context["page"].paginator.count  # noqa: E731
+    assert count() == 9
+    assert count(actor=owner.email) == 3
+    assert count(action=Action.LICENSE_REVOKED) == 6
+    assert count(start="2026-01-15", end="2026-01-15") == 4
+    assert count(start="2026-01-16") == 5
+
+
+def test_bad_dates_are_refused(owner_client, organization):
+    """A range ending before it starts is a 400 with the message beside the field."""
+    response = owner_client.get(audit_url(organization, start="2026-02-02", end="2026-02-01"))
+    assert response.status_code == 400
+    assert "The last day must not be before the first day." in response.content.decode()
+
+
+def test_the_page_offers_no_way_to_change_events(owner_client, organization, owner):
+    """The log is read-only: no form posts anywhere but sign-out, and a POST is refused."""
+    make_events(organization, 3, actor=owner)
+    html = owner_client.get(audit_url(organization)).content.decode()
+    assert html.count('method="post"') == 1  # the sign-out button in the header
+    assert owner_client.post(audit_url(organization)).status_code == 405
+
+
+def test_members_are_forbidden(member_client, organization):
+    """Members may not read the audit log or export it."""
+    assert member_client.get(audit_url(organization)).status_code == 403
+    assert member_client.get(export_url(organization)).status_code == 403
+
+
+def test_another_organizations_log_is_not_found(owner_client, other_organization):
+    """Another organization's audit log is a 404."""
+    make_events(other_organization, 2)
+    assert owner_client.get(audit_url(other_organization)).status_code == 404
+    assert owner_client.get(export_url(other_organization)).status_code == 404
+
+
+def test_only_this_organizations_events_are_listed(owner_client, organization, other_organization, owner):
+    """Events of other organizations never show."""
+    make_events(other_organization, 5, actor=owner, target_label="secret@rival.example")
+    html = owner_client.get(audit_url(organization)).content.decode()
+    assert "secret@rival.example" not in html
+
+
+def test_export_is_exactly_the_filtered_events(owner_client, organization, other_organization, owner, admin_user):
+    """The CSV streams exactly the filtered events, newest first, with before and after as JSON."""
+    make_events(organization, 3, actor=owner, action=Action.LICENSE_GRANTED)
+    make_events(organization, 2, actor=admin_user, action=Action.LICENSE_REVOKED, after={"seat": "revoked"})
+    make_events(other_organization, 4, actor=admin_user, action=Action.LICENSE_REVOKED)
+    response = owner_client.get(export_url(organization, action=Action.LICENSE_REVOKED))
+    assert isinstance(response, StreamingHttpResponse)
+    header, *rows = read_csv(response)
+    assert header[0] == "When (UTC)"
+    assert len(rows) == 2
+    assert all(row[1] == admin_user.email and row[3] == Action.LICENSE_REVOKED for row in rows)
+    assert all(
+        row[2] == "Withdrew a license" and row[7] == "203.0.113.7" and row[9] == '{"seat": "revoked"}' for row in rows
+    )
+    expected = list(
+        AuditEvent.objects.for_org(organization)
+        .filter(action=Action.LICENSE_REVOKED)
+        .values_list("target_id", flat=True)
+    )
+    assert [row[6] for row in rows] == expected
