@@ -221,7 +221,7 @@ def end_my_session(request, session_id):
     """A person ends one of their own sessions (reason `released`), as `katalonc -licenseRelease` would."""
     refusal = None
     try:
-        release_session(user=request.user, session_id=session_id, ip_address=client_ip(request))
+        release_session(user=request.user, session_id=session_id, ip_address=client_ip(request), by_person=True)
     except LicenseRefusal as error:
         refusal = error.message
     if request.htmx:

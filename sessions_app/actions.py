@@ -247,7 +247,7 @@ def _session_for(user, session_id, organization):
     sessions = EngineSession.objects.filter(public_id=session_id, user=user)
     if organization is not None:
         sessions = sessions.filter(pool__organization=organization)
-    session = sessions.select_related("pool").annotate(db_now=Now()).first()
+    session = sessions.select_related("pool__organization", "machine").annotate(db_now=Now()).first()
     if session is None:
         raise errors.SessionNotFound(f"No session {session_id} of yours exists.")
     return session
@@ -288,14 +288,33 @@ def heartbeat(*, user, session_id: str, organization: Organization | None = None
 
 @transaction.atomic
 def release_session(
-    *, user, session_id: str, ip_address: str | None = None, organization: Organization | None = None
+    *,
+    user,
+    session_id: str,
+    ip_address: str | None = None,
+    organization: Organization | None = None,
+    by_person: bool = False,
 ) -> EngineSession:
     """End the person's own session (reason released) and free its license at once. Releasing a
-    session that has already ended changes nothing and answers the same."""
+    session that has already ended changes nothing and answers the same.
+
+    An engine releasing at the end of its run is routine and not audited; a person ending a session
+    from the portal (`by_person`) is, like an admin's withdrawal."""
     session = _session_for(user, session_id, organization)
     if session.ended_at is None:
-        EngineSession.objects.filter(pk=session.pk).end(EndReason.RELEASED)
+        ended = EngineSession.objects.filter(pk=session.pk).end(EndReason.RELEASED)
         session.refresh_from_db(fields=["ended_at", "end_reason"])
+        if by_person and ended:
+            record(
+                organization=session.pool.organization,
+                actor=user,
+                action=Action.SESSION_ENDED,
+                target=session,
+                target_label=f"{session.public_id} on {session.hostname or session.machine.machine_id}",
+                before={"status": "live"},
+                after={"status": "ended", "reason": EndReason.RELEASED},
+                ip_address=ip_address,
+            )
     return session
 
 
@@ -307,6 +326,16 @@ class Housekeeping:
     rate_limit_counters_deleted: int
 
 
+@transaction.atomic
+def _deregister_idle_machines(pool_id: int) -> int:
+    """Under the pool's lock, so an activation cannot pick up a machine as it is deregistered. A pool
+    busy with an activation is skipped: the next run (a minute later, from cron) takes it."""
+    pool = LicensePool.objects.select_for_update(skip_locked=True).filter(pk=pool_id).first()
+    if pool is None:
+        return 0
+    return Machine.objects.idle_for_pool(pool).deactivate("idle")
+
+
 def expire_sessions() -> Housekeeping:
     """End lapsed leases (reason expired), deregister machines past their pool's idle limit and drop
     stale bookkeeping. Every step is an UPDATE or DELETE conditional on the row still needing it, so
@@ -316,8 +345,10 @@ def expire_sessions() -> Housekeeping:
     lapsed.end(EndReason.EXPIRED)
 
     deregistered = 0
-    for pool in LicensePool.objects.filter(machine_idle_days__isnull=False).order_by("pk"):
-        deregistered += Machine.objects.idle_for_pool(pool).deactivate("idle")
+    for pool_id in (
+        LicensePool.objects.filter(machine_idle_days__isnull=False).order_by("pk").values_list("pk", flat=True)
+    ):
+        deregistered += _deregister_idle_machines(pool_id)
 
     idempotency_deleted, _ = IdempotencyRecord.objects.filter(
         created_at__lt=timezone.now() - IDEMPOTENCY_RETENTION

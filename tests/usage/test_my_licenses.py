@@ -6,6 +6,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from organizations.audit import Action
+from organizations.models import AuditEvent
 from sessions_app.models import EndReason, EngineSession
 from tests import factories
 from tests.usage.conftest import live_session
@@ -76,6 +78,16 @@ def test_ending_my_session_frees_it(client, person, re_pool):
     assert session.end_reason == EndReason.RELEASED and session.ended_at is not None
     assert f"Session {session.public_id} ended" in response.content.decode()
     assert re_pool.sessions.live().count() == 0
+
+
+def test_ending_my_session_is_in_the_audit_log(client, person, re_pool):
+    """The organization's audit log says who ended the session from the portal, and from where."""
+    session = start_session(re_pool, person)
+    client.force_login(person)
+    client.post(end_url(session), REMOTE_ADDR="198.51.100.7")
+    event = AuditEvent.objects.get(action=Action.SESSION_ENDED)
+    assert (event.organization, event.actor, event.ip_address) == (re_pool.organization, person, "198.51.100.7")
+    assert session.public_id in event.target_label
 
 
 def test_ending_my_session_with_htmx_returns_the_fragment(client, person, re_pool):
