@@ -122,9 +122,13 @@ def _activate_locked(
             )
 
         if release_previous:
-            EngineSession.objects.filter(
+            previous = EngineSession.objects.filter(
                 user=user, pool__product=product, machine__machine_id=machine_id, ended_at__isnull=True
-            ).end(EndReason.RELEASED)
+            )
+            if api_key is not None and api_key.organization_id is not None:
+                # A key restricted to one organization acts in no other, here as in heartbeat and release.
+                previous = previous.filter(pool__organization_id=api_key.organization_id)
+            previous.end(EndReason.RELEASED)
         if product == Product.KSE:
             # One licensed user, one machine: signing in here signs the other machine out.
             EngineSession.objects.filter(pool=pool, user=user, ended_at__isnull=True).exclude(
@@ -142,6 +146,9 @@ def _activate_locked(
         machine = pool.machines.registered().filter(machine_id=machine_id).first()
         if machine is None:
             Machine.objects.idle_for_pool(pool).deactivate("idle")
+            # A killed container never releases: once its lease lapses its ephemeral machine is as
+            # gone as one that released, so end those leases now instead of waiting for expire_sessions.
+            pool.sessions.lapsed().filter(machine__ephemeral=True).end(EndReason.EXPIRED)
             registered = pool.machines.registered().count()
             if registered >= pool.machine_quota:
                 raise errors.MachineQuotaExceeded(
@@ -220,19 +227,29 @@ def activate(
     except errors.LicenseRefusal as refusal:
         # The activation's transaction has rolled back; the refusal is still worth knowing about.
         _record_refusal(
-            refusal, user=user, product=product, machine_id=machine_id, org_id=org_id, ip_address=ip_address
+            refusal,
+            api_key=api_key,
+            user=user,
+            product=product,
+            machine_id=machine_id,
+            org_id=org_id,
+            ip_address=ip_address,
         )
         raise
 
 
 @transaction.atomic
-def _record_refusal(refusal, *, user, product, machine_id, org_id, ip_address):
+def _record_refusal(refusal, *, api_key, user, product, machine_id, org_id, ip_address):
+    organizations = Organization.objects.for_user(user)
+    if api_key is not None and api_key.organization_id is not None:
+        # The key works in that organization only, so the refusal can only concern it.
+        organizations = organizations.filter(pk=api_key.organization_id)
     organization = None
     if org_id and not isinstance(refusal, errors.OrganizationNotFound):
-        organization = Organization.objects.for_user(user).filter(public_id=org_id).first()
+        organization = organizations.filter(public_id=org_id).first()
     elif not org_id:
-        organizations = list(Organization.objects.for_user(user).filter(pools__product=product)[:2])
-        organization = organizations[0] if len(organizations) == 1 else None
+        candidates = list(organizations.filter(pools__product=product)[:2])
+        organization = candidates[0] if len(candidates) == 1 else None
     record(
         organization=organization,
         actor=user,
@@ -377,6 +394,9 @@ def create_api_key(
     name = name.strip()
     if not name:
         raise errors.InvalidRequest("Give the key a name.")
+    max_length = ApiKey._meta.get_field("name").max_length
+    if len(name) > max_length:
+        raise errors.InvalidRequest(f"The key's name must be at most {max_length} characters.")
     if (
         organization is not None
         and not Membership.objects.active().filter(user=user, organization=organization).exists()
@@ -489,7 +509,7 @@ def complete_idempotency_claim(*, record: IdempotencyRecord, status_code: int, b
 
 
 def abandon_idempotency_claim(*, record: IdempotencyRecord) -> None:
-    """Refusals are not stored: a retry after a license frees up deserves a fresh answer."""
+    """Drop a claim whose request was never processed (the database failed), so its retry is served."""
     IdempotencyRecord.objects.filter(pk=record.pk, status_code__isnull=True).delete()
 
 

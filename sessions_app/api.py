@@ -53,8 +53,12 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def error_body(code, message, details=None):
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
 def error_response(status, code, message, details=None, headers=None):
-    response = JsonResponse({"error": {"code": code, "message": message, "details": details or {}}}, status=status)
+    response = JsonResponse(error_body(code, message, details), status=status)
     for name, value in (headers or {}).items():
         response[name] = value
     return response
@@ -308,7 +312,18 @@ def activate(request):
                 record=claim.record, status_code=201, body=activation_body(activation)
             )
         )
-    except errors.LicenseRefusal:
+    except errors.LicenseRefusal as refusal:
+        # The contract: a retry returns the first response, a refusal included. An engine that wants
+        # a fresh decision (after a license frees up) sends a new key.
+        actions.complete_idempotency_claim(
+            record=claim.record,
+            status_code=refusal.status,
+            body=error_body(refusal.code, refusal.message, refusal.details),
+        )
+        raise
+    except DatabaseError:
+        # Nothing was processed, so the retry a 503 asks for is decided afresh instead of being told
+        # the key is in use. With the database gone this fails too, and the claim times out.
         actions.abandon_idempotency_claim(record=claim.record)
         raise
     return JsonResponse(activation_body(activation), status=201)

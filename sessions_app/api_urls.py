@@ -3,7 +3,7 @@ from django.urls import path, re_path
 from . import api
 
 # Paths without a trailing slash, as the contract writes them; anything else under /api/v1/ gets
-# the contract's JSON 404 instead of the HTML one.
+# the contract's JSON 404 instead of the HTML one (a path may hold an encoded newline, which `.` would not match).
 urlpatterns = [
     path("engine/activate", api.activate, name="api_activate"),
     path("engine/sessions/<str:session_id>/heartbeat", api.heartbeat, name="api_heartbeat"),
@@ -11,5 +11,5 @@ urlpatterns = [
     path("engine/organizations", api.organizations, name="api_organizations"),
     path("offline-licenses/public-key", api.public_key, name="api_public_key"),
     path("openapi.json", api.openapi, name="api_openapi"),
-    re_path(r"^(?P<path>.*)$", api.not_found),
+    re_path(r"^(?P<path>[\s\S]*)$", api.not_found),
 ]

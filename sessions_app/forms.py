@@ -1,5 +1,5 @@
 import shlex
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django import forms
 from django.utils import timezone
@@ -20,6 +20,10 @@ BROWSERS = [
     "Web Service",
 ]
 KEY_PLACEHOLDER = "<your-api-key>"
+
+
+# The last day a date can hold has no next midnight, so it cannot be an expiry date.
+LAST_EXPIRY_DAY_MESSAGE = f"The expiry date must be before {date.max}."
 
 
 def end_of_day(day):
@@ -54,6 +58,8 @@ class ApiKeyForm(forms.Form):
 
     def clean_expires(self):
         day = self.cleaned_data.get("expires")
+        if day is not None and day >= date.max:
+            raise forms.ValidationError(LAST_EXPIRY_DAY_MESSAGE, code="too_late")
         if day is not None and end_of_day(day) <= timezone.now():
             raise forms.ValidationError("The expiry date must be today or later.", code="past")
         return day

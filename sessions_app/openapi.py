@@ -1,8 +1,6 @@
 """The OpenAPI 3.1 description of the engine API (contract/engine-api.md), served at
 /api/v1/openapi.json. The suite checks real answers against these schemas, so they cannot drift."""
 
-import copy
-
 ERROR_CODES = {
     400: ["invalid_request"],
     401: ["invalid_api_key"],
@@ -45,6 +43,8 @@ END_REASONS = [
 
 TIMESTAMP = {"type": "string", "format": "date-time", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"}
 SESSION_ID = {"type": "string", "pattern": r"^s_[A-Za-z0-9_\-]+$"}
+# Free text the server takes excludes control characters (api.PRINTABLE).
+PRINTABLE = r"^[^\u0000-\u001f\u007f]*$"
 REQUEST_ID_HEADER = {
     "description": "Echoes a sane incoming X-Request-ID, or a new one.",
     "schema": {"type": "string"},
@@ -83,8 +83,8 @@ SCHEMAS = {
                 "description": "The organization the activation counts against (-orgID). Needed when the user "
                 "belongs to several organizations with a pool for the product.",
             },
-            "hostname": {"type": ["string", "null"], "maxLength": 255},
-            "engine_version": {"type": ["string", "null"], "maxLength": 64},
+            "hostname": {"type": ["string", "null"], "maxLength": 255, "pattern": PRINTABLE},
+            "engine_version": {"type": ["string", "null"], "maxLength": 64, "pattern": PRINTABLE},
             "release_previous": {
                 "type": ["boolean", "null"],
                 "default": False,
@@ -223,9 +223,10 @@ PATHS = {
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "description": "A retry with the same key and body returns the first successful answer and "
-                    "takes nothing more, for at least 24 hours. Refusals are not stored: a retry is decided afresh.",
-                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": "A retry with the same key and body returns the first answer, a refusal "
+                    "included, and takes nothing more, for at least 24 hours; send a new key for a fresh "
+                    "decision. A 503 is not stored: its retry is served.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
                 }
             ],
             "requestBody": {
@@ -330,6 +331,5 @@ DOCUMENT = {
 
 
 def openapi_document(*, server_url: str) -> dict:
-    document = copy.deepcopy(DOCUMENT)
-    document["servers"] = [{"url": server_url or "/"}]
-    return document
+    # A shallow copy: the shared parts are only ever serialised, never changed.
+    return {**DOCUMENT, "servers": [{"url": server_url or "/"}]}

@@ -1,5 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -74,8 +75,12 @@ def _command_form(request, data):
     # so a first visit shows the defaults instead of "required" errors.
     form = CommandForm(data if "browser" in data else None, user=request.user)
     if not form.is_bound:
-        organizations = form.fields["org"].queryset
-        form.initial["org"] = organizations.filter(public_id=data.get("org", "")).first() or organizations.first()
+        try:
+            # The field's own lookup, which turns a value the database refuses (a NUL) into "no such".
+            chosen = form.fields["org"].to_python(data.get("org"))
+        except ValidationError:
+            chosen = None
+        form.initial["org"] = chosen or form.fields["org"].queryset.first()
     return form
 
 
@@ -121,9 +126,11 @@ def command_generator_key(request):
     organization = form.value("org")
     if organization is None:
         return _render_command(request, form)
+    # Organization names may be twice as long as a key's name; the date keeps the key recognisable.
+    name = f"katalonc for {organization.name[:60]} ({timezone.now():%Y-%m-%d %H:%M})"
     api_key, raw_key = actions.create_api_key(
         user=request.user,
-        name=f"katalonc for {organization.name} ({timezone.now():%Y-%m-%d %H:%M})",
+        name=name,
         organization=organization,
         actor=request.user,
         ip_address=client_ip(request),

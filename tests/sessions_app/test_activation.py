@@ -89,6 +89,19 @@ def test_release_previous_ends_my_sessions_on_this_machine(engine, api_key, re_p
     assert response.json()["usage"]["sessions"] == {"used": 2, "quota": 3}
 
 
+def test_a_key_restricted_to_one_organization_releases_only_there(
+    client, engine, member_user, organization, re_pool, other_organization
+):
+    """release_previous with a key restricted to one organization leaves the person's sessions in
+    their other organizations alone, as heartbeat and release do."""
+    factories.MembershipFactory(organization=other_organization, user=member_user)
+    factories.LicensePoolFactory(organization=other_organization, product="RE")
+    elsewhere = engine.activate(org_id=other_organization.public_id).json()["session"]["id"]
+    restricted = Engine(client, factories.ApiKeyFactory(user=member_user, organization=organization).raw_key)
+    assert restricted.activate(release_previous=True).status_code == 201
+    assert EngineSession.objects.get(public_id=elsewhere).is_live
+
+
 def test_an_ephemeral_machine_leaves_with_its_last_session(engine, re_pool):
     """An ephemeral machine is deregistered when its last session ends, so it never holds a machine slot."""
     re_pool.machine_quota = 1
@@ -99,6 +112,20 @@ def test_an_ephemeral_machine_leaves_with_its_last_session(engine, re_pool):
         engine.post(f"engine/sessions/{response.json()['session']['id']}/release")
     assert Machine.objects.registered().count() == 0
     assert Machine.objects.filter(deactivation_reason="ephemeral").count() == 3
+
+
+def test_a_crashed_ephemeral_machine_gives_its_slot_to_the_next_at_once(engine, re_pool):
+    """A container killed without releasing holds no machine slot once its lease lapses, before any
+    cleanup runs: CI that starts a new container every run never fills the machine quota."""
+    re_pool.machine_quota = 1
+    re_pool.save()
+    crashed = engine.activate(machine_id="container-1", ephemeral=True).json()["session"]["id"]
+    EngineSession.objects.filter(public_id=crashed).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    response = engine.activate(machine_id="container-2", ephemeral=True)
+    assert response.status_code == 201, response.json()
+    assert response.json()["usage"]["machines"] == {"used": 1, "quota": 1}
+    assert list(Machine.objects.registered().values_list("machine_id", flat=True)) == ["container-2"]
+    assert EngineSession.objects.get(public_id=crashed).end_reason == "expired"
 
 
 def test_a_persistent_machine_stays_registered(engine, re_pool):
@@ -185,14 +212,18 @@ def test_a_retry_with_the_same_idempotency_key_replays_the_first_answer(engine, 
     assert EngineSession.objects.count() == 1
 
 
-def test_a_refused_activation_is_not_replayed(engine, re_pool):
-    """A refusal is not stored under its Idempotency-Key: the retry is decided afresh once a license frees up."""
+def test_a_refused_activation_is_replayed_and_a_new_key_is_decided_afresh(engine, re_pool):
+    """The first response is replayed even when it was a refusal; a new Idempotency-Key gets a fresh decision."""
     re_pool.quota = 0
     re_pool.save()
-    assert engine.activate(headers={"Idempotency-Key": "k"}).status_code == 409
+    first = engine.activate(headers={"Idempotency-Key": "k"})
+    assert first.status_code == 409
     re_pool.quota = 1
     re_pool.save()
-    assert engine.activate(headers={"Idempotency-Key": "k"}).status_code == 201
+    again = engine.activate(headers={"Idempotency-Key": "k"})
+    assert (again.status_code, again.json()) == (409, first.json())
+    assert EngineSession.objects.count() == 0
+    assert engine.activate(headers={"Idempotency-Key": "k2"}).status_code == 201
 
 
 def test_idempotency_keys_belong_to_one_person(client, engine, re_pool):

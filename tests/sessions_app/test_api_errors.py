@@ -436,3 +436,17 @@ def test_every_refused_activation_is_audited(engine, api_key, re_pool):
     assert event.organization == re_pool.organization
     assert event.after["code"] == "session_quota_exceeded"
     assert event.ip_address == "127.0.0.1"
+
+
+def test_a_refusal_through_a_restricted_key_is_in_that_organizations_log(
+    client, member_user, organization, re_pool, other_organization
+):
+    """A key restricted to one organization is refused there, so that organization's admins see the refusal,
+    even though its owner belongs to another organization with the same product."""
+    factories.MembershipFactory(organization=other_organization, user=member_user)
+    factories.LicensePoolFactory(organization=other_organization, product="RE")
+    re_pool.quota = 0
+    re_pool.save()
+    restricted = Engine(client, factories.ApiKeyFactory(user=member_user, organization=organization).raw_key)
+    assert error_of(restricted.activate())["code"] == "session_quota_exceeded"
+    assert AuditEvent.objects.get(action=Action.ACTIVATION_REFUSED).organization == organization

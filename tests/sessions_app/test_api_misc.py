@@ -58,7 +58,15 @@ def test_every_answer_carries_a_request_id(engine, re_pool):
 
 def test_an_unknown_path_is_a_json_404(engine, db):
     """Unknown paths under /api/v1/ answer the contract's error body, not an HTML page."""
-    for path in ("nowhere", "engine/activate/", "engine/sessions//heartbeat", "engine/sessions/s_x/explode", "v2"):
+    for path in (
+        "nowhere",
+        "engine/activate/",
+        "engine/sessions//heartbeat",
+        "engine/sessions/s_x/explode",
+        "v2",
+        "engine/sessions/s_x%0A/explode",
+        "%0A",
+    ):
         response = engine.get(path)
         assert response.status_code == 404, path
         assert response["Content-Type"] == "application/json"

@@ -5,10 +5,11 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 from django.utils import timezone
 
+from licenses.models import LicensePool
 from sessions_app.actions import expire_sessions
 from sessions_app.models import EngineSession, Machine
 from tests import factories
@@ -93,6 +94,40 @@ def test_30_simultaneous_retries_with_one_idempotency_key_take_one_session(membe
     assert granted[0]["session"]["id"] == EngineSession.objects.get().public_id
     again = Engine(Client(), raw_key).activate(machine_id="ci-7", headers={"Idempotency-Key": "build-1"})
     assert again.json() == granted[0]
+
+
+def test_a_retry_after_a_503_is_answered_afresh(member_user, organization):
+    """An activation that ends in a database fault leaves its Idempotency-Key free, so the retry the
+    503 asks for is decided afresh instead of being told the key is in use."""
+    pool = factories.LicensePoolFactory(organization=organization)
+    engine = Engine(Client(), factories.ApiKeyFactory(user=member_user).raw_key)
+    locked, finished = threading.Event(), threading.Event()
+
+    def hold_the_pool_row():
+        try:
+            with transaction.atomic():
+                LicensePool.objects.select_for_update().get(pk=pool.pk)
+                locked.set()
+                finished.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_pool_row)
+    holder.start()
+    locked.wait(10)
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = '200ms'")
+    try:
+        response = engine.activate(headers={"Idempotency-Key": "build-9"})
+    finally:
+        finished.set()
+        holder.join()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    assert response.status_code == 503
+    retry = engine.activate(headers={"Idempotency-Key": "build-9"})
+    assert retry.status_code == 201, retry.json()
+    assert EngineSession.objects.filter(pool=pool).count() == 1
 
 
 def test_expire_sessions_on_many_hosts_at_once_ends_each_lease_once(member_user, organization):

@@ -109,6 +109,8 @@ def test_create_api_key_prints_a_working_key_alone_on_the_last_line(client, memb
         (["{email}", "--expires", "tomorrow"], "--expires"),
         (["{email}", "--expires", "2000-01-01"], "future"),
         (["{email}", "--name", "  "], "name"),
+        (["{email}", "--name", "x" * 101], "at most 100 characters"),
+        (["{email}", "--expires", "9999-12-31"], "before 9999-12-31"),
     ],
 )
 def test_create_api_key_refuses_bad_arguments_in_one_line(member_user, other_organization, arguments, message):

@@ -133,3 +133,29 @@ def test_every_operation_answers_as_documented(document, client, member_user, or
     }
     assert exercised == documented
     assert pool.sessions.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("Idempotency-Key", "two words"),
+        ("Idempotency-Key", "caf\u00e9"),
+        ("hostname", "a\x1b[31m"),
+        ("engine_version", "\x00"),
+    ],
+)
+def test_the_document_refuses_what_the_server_refuses(document, engine, re_pool, where, value):
+    """A value the server answers 400 for is invalid by the document too, so generated clients and
+    fuzzers agree with the server."""
+    operation = document["paths"]["/api/v1/engine/activate"]["post"]
+    body = {"product": "RE", "machine_id": "agent-1"}
+    if where == "Idempotency-Key":
+        schema = next(p["schema"] for p in operation["parameters"] if p["name"] == where)
+        instance = value
+        response = engine.activate(headers={where: value})
+    else:
+        schema = {"$ref": "#/components/schemas/ActivateRequest"}
+        instance = {**body, where: value}
+        response = engine.post("engine/activate", instance)
+    assert response.status_code == 400
+    assert not OAS31Validator({**schema, "components": document["components"]}).is_valid(instance)

@@ -64,6 +64,7 @@ def test_htmx_creation_answers_the_panel_only(member_client):
         ({"name": "x", "expires": "2001-01-01"}, "today or later"),
         ({"name": "x", "expires": "soon"}, "Enter a valid date."),
         ({"name": "x" * 101}, "at most 100 characters"),
+        ({"name": "x", "expires": "9999-12-31"}, "before 9999-12-31"),
     ],
 )
 def test_bad_input_re_renders_the_form_with_the_reason(member_client, data, message):
@@ -176,6 +177,15 @@ def test_the_nav_link_preselects_the_organization(member_client, member_user, or
     assert "-licenseRelease" not in response.context["command"]
 
 
+@pytest.mark.parametrize("org", ["\x00", "nope", "9" * 300])
+def test_a_mangled_nav_link_falls_back_to_my_first_organization(member_client, organization, re_pool, org):
+    """An ?org= that names no organization of mine (PostgreSQL refuses a NUL outright) shows the first one."""
+    for path in ("/command-generator/", "/command-generator/key/"):
+        response = getattr(member_client, "get" if path.endswith("generator/") else "post")(path, {"org": org})
+        assert response.status_code == 200
+        assert f"-orgID={organization.public_id}" in response.context["command"]
+
+
 def test_only_organizations_with_runtime_engine_are_offered(member_client, member_user, organization, re_pool):
     """Organizations with only KSE, or that are not mine, are not choices."""
     kse_only = factories.OrganizationFactory(name="KSE Only")
@@ -225,6 +235,19 @@ def test_a_fresh_key_goes_into_the_command_and_works(client, member_client, memb
     raw_key = arguments["-apiKey"]
     assert ApiKey.objects.get(key_hash=hash_api_key(raw_key)).organization == organization
     assert Engine(client, raw_key).activate(org_id=arguments["-orgID"]).status_code == 201
+
+
+def test_a_fresh_key_for_an_organization_with_a_long_name(member_client, member_user):
+    """The key's name is cut to fit, however long the organization's name is."""
+    organization = factories.OrganizationFactory(name="Q" * 200)
+    factories.MembershipFactory(organization=organization, user=member_user)
+    factories.LicensePoolFactory(organization=organization, product="RE")
+    response = member_client.post("/command-generator/key/", {"org": organization.public_id, "browser": "Chrome"})
+    assert response.status_code == 200
+    api_key = ApiKey.objects.get()
+    assert api_key.organization == organization
+    assert api_key.name.startswith("katalonc for QQQ")
+    assert len(api_key.name) <= 100
 
 
 def test_a_fresh_key_is_only_for_my_organizations(member_client, other_organization):

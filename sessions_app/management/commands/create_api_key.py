@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from licenses import errors
 from organizations.models import Organization
 from sessions_app import actions
-from sessions_app.forms import end_of_day
+from sessions_app.forms import LAST_EXPIRY_DAY_MESSAGE, end_of_day
 
 
 class Command(BaseCommand):
@@ -30,9 +30,12 @@ class Command(BaseCommand):
         expires_at = None
         if expires is not None:
             try:
-                expires_at = end_of_day(date.fromisoformat(expires))
+                day = date.fromisoformat(expires)
             except ValueError:
                 raise CommandError(f"--expires must be a date like 2027-12-31, not {expires!r}") from None
+            if day >= date.max:
+                raise CommandError(LAST_EXPIRY_DAY_MESSAGE)
+            expires_at = end_of_day(day)
         try:
             api_key, raw_key = actions.create_api_key(
                 user=user, name=name, organization=organization, expires_at=expires_at, actor=None, ip_address=None
