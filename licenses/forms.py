@@ -9,7 +9,21 @@ from organizations.models import Membership, User
 from .models import MACHINE_ID_PATTERN, LicensePool, end_of_day, pool_term_errors
 
 
-class MemberChoiceField(forms.ModelMultipleChoiceField):
+class UserIdsField(forms.ModelMultipleChoiceField):
+    def clean(self, value):
+        # SQLite cannot bind an integer beyond 64 bits and Django does not catch that for `pk__in`:
+        # such an id is refused like any other that names nobody, instead of failing the request.
+        for pk in value or ():
+            try:
+                out_of_range = not -(2**63) <= int(pk) < 2**63
+            except (TypeError, ValueError):
+                continue  # Not a number at all: Django's own check refuses it.
+            if out_of_range:
+                raise forms.ValidationError(self.error_messages["invalid_pk_value"], code="invalid_pk_value")
+        return super().clean(value)
+
+
+class MemberChoiceField(UserIdsField):
     def label_from_instance(self, user):
         return f"{user.name} ({user.email})" if user.name else user.email
 
@@ -34,7 +48,7 @@ class GrantForm(forms.Form):
 
 
 class RevokeForm(forms.Form):
-    users = forms.ModelMultipleChoiceField(
+    users = UserIdsField(
         queryset=User.objects.none(),
         error_messages={
             "required": "Choose at least one licensed user.",

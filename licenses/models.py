@@ -2,7 +2,7 @@ import fnmatch
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -20,6 +20,10 @@ class Product(models.TextChoices):
 
 DEFAULT_LEASE_SECONDS = 300
 MINIMUM_LEASE_SECONDS = 30
+# The largest value the PositiveIntegerField columns hold on every database.
+MAXIMUM_COUNT = 2_147_483_647
+# A century: any longer and "now minus the idle limit" falls before the first date Python can hold.
+MAXIMUM_MACHINE_IDLE_DAYS = 36_500
 MACHINE_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -35,6 +39,9 @@ def end_of_day(day):
 def default_expiry(starts_at):
     """One year of subscription: a pool starting on 28 November runs to the end of 27 November."""
     start_day = starts_at.astimezone(UTC).date()
+    if start_day.year == date.max.year:
+        # There is no next year to run to: the subscription runs to the last day there is.
+        return end_of_day(date.max)
     try:
         anniversary = start_day.replace(year=start_day.year + 1)
     except ValueError:  # 29 February
@@ -51,14 +58,20 @@ def pool_term_errors(*, quota, machine_quota, starts_at, expires_at, lease_secon
             errors[field] = f"{label} must be a whole number."
         elif value < 0:
             errors[field] = f"{label} cannot be negative."
+        elif value > MAXIMUM_COUNT:
+            errors[field] = f"{label} must be at most {MAXIMUM_COUNT}."
     if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, int):
         errors["lease_seconds"] = "The lease must be a whole number of seconds."
     elif lease_seconds < MINIMUM_LEASE_SECONDS:
         errors["lease_seconds"] = f"The lease must be at least {MINIMUM_LEASE_SECONDS} seconds."
+    elif lease_seconds > MAXIMUM_COUNT:
+        errors["lease_seconds"] = f"The lease must be at most {MAXIMUM_COUNT} seconds."
     if machine_idle_days is not None and (
         isinstance(machine_idle_days, bool) or not isinstance(machine_idle_days, int) or machine_idle_days < 0
     ):
         errors["machine_idle_days"] = "The machine idle limit must be a number of days (0 keeps machines registered)."
+    elif machine_idle_days is not None and machine_idle_days > MAXIMUM_MACHINE_IDLE_DAYS:
+        errors["machine_idle_days"] = f"The machine idle limit must be at most {MAXIMUM_MACHINE_IDLE_DAYS} days."
     if starts_at is not None and expires_at is not None and expires_at <= starts_at:
         errors["expires_at"] = "The subscription must end after it starts."
     return errors

@@ -63,8 +63,8 @@ def _read_filter(request, now):
     return pools, form, context
 
 
-def _filtered_history(pool, filters, now):
-    return history(
+def _filtered_history(request, pool, filters, now):
+    sessions = history(
         pool=pool,
         period=filters["period"],
         now=now,
@@ -72,6 +72,8 @@ def _filtered_history(pool, filters, now):
         machine_text=filters["machine"],
         reason=filters["reason"],
     )
+    # Members see the pool's figures but, as on the Licenses page, only their own sessions.
+    return sessions if request.membership.can_manage else sessions.filter(user=request.user)
 
 
 @require_GET
@@ -86,7 +88,7 @@ def usage(request):
         summary = UsageSummary(
             buckets=peak_by_bucket(pool=pool, period=period, now=now), quota=pool.quota, granularity=period.granularity
         )
-        sessions = _filtered_history(pool, filters, now).select_related("user", "machine")
+        sessions = _filtered_history(request, pool, filters, now).select_related("user", "machine")
         page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
         context.update(
             pool=pool,
@@ -128,7 +130,7 @@ def usage_export(request):
         return render(request, "usage/usage.html", context, status=400)
     filters = form.cleaned_data
     pool, period = pools[filters["product"]], filters["period"]
-    sessions = _filtered_history(pool, filters, now).values_list(
+    sessions = _filtered_history(request, pool, filters, now).values_list(
         "user__name",
         "user__email",
         "public_id",

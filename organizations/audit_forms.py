@@ -1,4 +1,4 @@
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django import forms
 
@@ -32,7 +32,8 @@ class AuditFilterForm(forms.Form):
         # Whole UTC days, as bounds on created_at itself so the (organization, -created_at) index serves them.
         if filters["start"]:
             events = events.filter(created_at__gte=datetime.combine(filters["start"], time.min, tzinfo=UTC))
-        if filters["end"]:
+        # The last representable day has no next day to bound it by; nothing is recorded after it anyway.
+        if filters["end"] and filters["end"] < date.max:
             events = events.filter(
                 created_at__lt=datetime.combine(filters["end"], time.min, tzinfo=UTC) + timedelta(days=1)
             )

@@ -17,9 +17,9 @@ member_urls = [
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("o/<str:org_id>/", views.org_home, name="org_home"),
-    path("o/<str:org_id>/members/", include(member_urls)),
-    path("invitations/<str:token>/", views.accept_invitation, name="accept_invitation"),
+    path("o/<slug:org_id>/", views.org_home, name="org_home"),
+    path("o/<slug:org_id>/members/", include(member_urls)),
+    path("invitations/<slug:token>/", views.accept_invitation, name="accept_invitation"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path(
         "accounts/password_reset/",

@@ -37,6 +37,12 @@ def test_the_default_expiry_is_one_year_from_the_start(organization):
     assert pool.expires_at == datetime(2027, 3, 14, 23, 59, 59, tzinfo=UTC)
 
 
+def test_a_start_in_the_last_year_there_is_runs_to_its_last_day(organization):
+    """A start in 9999 has no anniversary: the pool runs to 9999-12-31 instead of failing."""
+    provision(organization.public_id, "--product", "RE", "--quota", "5", "--starts", "9999-06-01")
+    assert LicensePool.objects.get().expires_at == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
 def test_every_option_is_applied(organization):
     """Machine quota, lease length and machine idle limit are set from their options."""
     provision(
@@ -74,6 +80,14 @@ def test_lowering_the_quota_reports_the_sessions_it_ended(re_pool):
         (["{org}", "--product", "RE", "--quota", "3", "--starts", "2026-02-30"], "--starts: '2026-02-30' is not"),
         (["{org}", "--product", "RE", "--quota", "3", "--machine-quota", "-5"], "The machine quota cannot be negative"),
         (["{org}", "--product", "RE", "--quota", "3", "--lease-seconds", "5"], "at least 30 seconds"),
+        (["{org}", "--product", "RE", "--quota", "99999999999"], "The quota must be at most 2147483647."),
+        (["{org}", "--product", "RE", "--quota", "3", "--machine-quota", "99999999999"], "at most 2147483647"),
+        (["{org}", "--product", "RE", "--quota", "3", "--lease-seconds", "99999999999"], "at most 2147483647 seconds"),
+        (["{org}", "--product", "RE", "--quota", "3", "--machine-idle-days", "99999999999"], "at most 36500 days"),
+        (
+            ["{org}", "--product", "RE", "--quota", "3", "--expires", "9999-12-31T23:59:59-05:00"],
+            "--expires: '9999-12-31T23:59:59-05:00' is outside the dates",
+        ),
         (
             ["{org}", "--product", "RE", "--quota", "3", "--starts", "2027-01-01", "--expires", "2026-01-01"],
             "end after",

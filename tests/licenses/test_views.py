@@ -181,6 +181,26 @@ def test_granting_nobody_or_a_stranger_is_a_clear_error(owner_client, kse_pool):
     assert not LicensedUser.objects.exists()
 
 
+@pytest.mark.parametrize("name", ["licenses_grant", "licenses_revoke"])
+def test_an_id_too_large_for_the_database_is_a_clear_error(owner_client, kse_pool, members, name):
+    """An id beyond 64 bits names nobody: the form says so, with or without htmx, and nothing changes."""
+    actions.grant_licenses(pool=kse_pool, users=members[:1], actor=None)
+    for headers in (HTMX, {}):
+        response = owner_client.post(url(name, kse_pool), {"users": ["99999999999999999999999"]}, headers=headers)
+        assert response.status_code == 200
+        refusal = "Only active members" if name == "licenses_grant" else "no longer holds a license"
+        assert refusal in response.text
+    assert list(LicensedUser.objects.active().values_list("user", flat=True)) == [members[0].pk]
+
+
+def test_ids_no_engine_or_license_could_have_are_not_found(owner_client, re_pool):
+    """A session or license id with a NUL byte (PostgreSQL refuses such strings) is a 404, not a 500."""
+    path = f"/o/{re_pool.organization.public_id}/licenses/RE/sessions/s%00x/end/"
+    assert owner_client.post(path).status_code == 404
+    assert owner_client.get(f"/o/{re_pool.organization.public_id}/licenses/RE/offline/ol%00x.lic").status_code == 404
+    assert owner_client.get("/o/1%002/licenses/RE/").status_code == 404
+
+
 def test_runtime_engine_has_no_licensed_users(owner_client, re_pool, members):
     """Granting on the RE tab is a 404: RE licenses belong to every member."""
     assert owner_client.post(url("licenses_grant", re_pool), {"users": [members[0].pk]}).status_code == 404

@@ -377,6 +377,12 @@ class TestScoping:
         assert owner_client.post(reverse("invitation_revoke", args=[org_id, their_invitation.pk])).status_code == 404
         assert owner_client.post(reverse("invitation_resend", args=[org_id, their_invitation.pk])).status_code == 404
 
+    def test_an_organization_id_with_a_nul_byte_is_not_found(self, owner_client, db):
+        """PostgreSQL refuses strings with NUL: such an id in the URL is a 404, never a 500."""
+        assert owner_client.get("/o/1%002/members/").status_code == 404
+        assert owner_client.post("/o/1%002/members/invite/", {"emails": "a@example.com"}).status_code == 404
+        assert owner_client.get("/invitations/abc%00def/").status_code == 404
+
     def test_a_member_gets_403_on_every_management_post(self, client, organization, targets):
         """Members only look."""
         membership, invitation = targets

@@ -112,6 +112,17 @@ def test_bad_dates_are_refused(owner_client, organization):
     assert "The last day must not be before the first day." in response.content.decode()
 
 
+def test_the_last_representable_day_is_an_open_end(owner_client, organization, owner):
+    """A range ending on 9999-12-31 lists everything since its start instead of failing."""
+    make_events(organization, 2, actor=owner)
+    response = owner_client.get(audit_url(organization, end="9999-12-31"))
+    assert response.status_code == 200
+    assert response.context["page"].paginator.count == 2
+    export = owner_client.get(export_url(organization, end="9999-12-31"))
+    assert export.status_code == 200
+    assert len(b"".join(export.streaming_content).decode().splitlines()) == 3
+
+
 def test_the_page_offers_no_way_to_change_events(owner_client, organization, owner):
     """The log is read-only: no form posts anywhere but sign-out, and a POST is refused."""
     make_events(organization, 3, actor=owner)

@@ -113,6 +113,12 @@ def test_nobody_ends_another_persons_session(client, person, re_pool, owner):
     assert 'class="refusal"' in response.content.decode()
 
 
+def test_a_session_id_with_a_nul_byte_is_not_found(client, person):
+    """PostgreSQL refuses strings with NUL: such a session id is a 404, never a 500."""
+    client.force_login(person)
+    assert client.post("/my-licenses/sessions/s_%00x/end/").status_code == 404
+
+
 def test_ending_needs_a_post(client, person, re_pool):
     """A GET does not end a session."""
     session = start_session(re_pool, person)

@@ -160,6 +160,22 @@ def test_members_may_look(member_client, organization, re_pool):
     assert member_client.get(usage_url(organization)).status_code == 200
 
 
+def test_members_see_the_figures_but_only_their_own_sessions(member_client, member_user, organization, re_pool):
+    """The chart counts everyone's sessions; the history and its CSV list only the member's own,
+    as the Licenses page does: other people's hosts and machines are for owners and admins."""
+    make_history(re_pool, 2, user=member_user)
+    someone_else, _ = make_history(re_pool, 3)
+    response = member_client.get(usage_url(organization))
+    assert response.status_code == 200
+    assert response.context["page"].paginator.count == 2
+    assert response.context["summary"].peak == 5
+    assert someone_else.email not in response.text
+    assert "Your sessions" in response.text
+    rows = read_csv(member_client.get(export_url(organization)))[1:]
+    assert {row[1] for row in rows} == {member_user.email}
+    assert len(rows) == 2
+
+
 def test_another_organizations_usage_is_not_found(owner_client, other_organization):
     """Another organization's usage page and export are 404s, never a 403 that confirms it exists."""
     factories.LicensePoolFactory(organization=other_organization)

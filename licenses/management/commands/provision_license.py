@@ -20,7 +20,10 @@ def _moment(value: str, *, option: str, end_of_the_day: bool) -> datetime:
     if parsed is None:
         raise CommandError(f"{option}: {value!r} is not a date (YYYY-MM-DD) or an ISO 8601 datetime.")
     if isinstance(parsed, datetime):
-        return parsed if timezone.is_aware(parsed) else parsed.replace(tzinfo=UTC)
+        try:
+            return parsed.astimezone(UTC) if timezone.is_aware(parsed) else parsed.replace(tzinfo=UTC)
+        except OverflowError:
+            raise CommandError(f"{option}: {value!r} is outside the dates the portal can store.") from None
     assert isinstance(parsed, date)
     return end_of_day(parsed) if end_of_the_day else datetime.combine(parsed, time.min, tzinfo=UTC)
 
