@@ -1,4 +1,5 @@
 from .models import Membership
+from .permissions import LAST_ORGANIZATION_COOKIE
 
 
 def organizations(request):
@@ -11,7 +12,9 @@ def organizations(request):
     )
     current = getattr(request, "organization", None)
     if current is None and memberships:
-        current = memberships[0].organization
+        last = request.COOKIES.get(LAST_ORGANIZATION_COOKIE)
+        current = next((m.organization for m in memberships if m.organization.public_id == last), None)
+        current = current or memberships[0].organization
     return {
         "my_memberships": memberships,
         "current_organization": current,

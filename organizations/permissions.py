@@ -3,11 +3,18 @@ so another organization's page or object is a 404, never a 403 that confirms it 
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404
 
 from .models import Membership
+
+# The organization a person last worked in: where "home" and pages outside any organization
+# (API keys, My licenses) take them, instead of whichever organization sorts first. A cookie, not
+# the session, so recording it costs no database write; it only ever picks among the person's own
+# memberships, so a forged value reaches nothing.
+LAST_ORGANIZATION_COOKIE = "last_organization"
 
 
 def org_member_required(view):
@@ -24,7 +31,17 @@ def org_member_required(view):
         )
         request.membership = membership
         request.organization = membership.organization
-        return view(request, *args, **kwargs)
+        response = view(request, *args, **kwargs)
+        if request.COOKIES.get(LAST_ORGANIZATION_COOKIE) != org_id:
+            response.set_cookie(
+                LAST_ORGANIZATION_COOKIE,
+                org_id,
+                max_age=365 * 24 * 3600,
+                secure=settings.SESSION_COOKIE_SECURE,
+                httponly=True,
+                samesite="Lax",
+            )
+        return response
 
     return wrapper
 

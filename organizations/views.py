@@ -16,8 +16,8 @@ from . import actions, errors
 from .audit import client_ip
 from .csv_stream import streaming_csv_response
 from .forms import InviteForm, RoleForm, SignUpForm, TransferOwnershipForm
-from .models import Invitation, Membership, Role, User
-from .permissions import org_manager_required, org_member_required, org_owner_required
+from .models import Invitation, Membership, Organization, Role, User
+from .permissions import LAST_ORGANIZATION_COOKIE, org_manager_required, org_member_required, org_owner_required
 
 MEMBERS_TEMPLATE = "organizations/members.html"
 ACTIVE_PER_PAGE = 50
@@ -26,16 +26,13 @@ REMOVED_SHOWN = 50
 
 @login_required
 def home(request):
-    membership = (
-        Membership.objects.active()
-        .filter(user=request.user)
-        .select_related("organization")
-        .order_by("organization__name")
-        .first()
-    )
-    if membership is None:
+    """The licenses of the organization the person last worked in, else of their first one."""
+    organizations = Organization.objects.for_user(request.user).order_by("name")
+    last = request.COOKIES.get(LAST_ORGANIZATION_COOKIE)
+    organization = (last and organizations.filter(public_id=last).first()) or organizations.first()
+    if organization is None:
         return render(request, "organizations/no_organization.html")
-    return redirect("licenses", membership.organization.public_id)
+    return redirect("licenses", organization.public_id)
 
 
 @org_member_required

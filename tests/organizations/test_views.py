@@ -41,6 +41,19 @@ class TestHome:
         assert response.status_code == 302
         assert response["Location"] == reverse("licenses", args=[organization.public_id])
 
+    def test_home_and_pages_outside_an_organization_follow_the_last_one_visited(
+        self, owner_client, organization, owner
+    ):
+        """Someone in two organizations comes back to the one they last worked in, not the first by name."""
+        later_by_name = factories.OrganizationFactory(name="Zeta Labs")
+        factories.MembershipFactory(organization=later_by_name, user=owner, role="admin")
+        owner_client.get(reverse("members", args=[later_by_name.public_id]))
+        assert owner_client.get("/")["Location"] == reverse("licenses", args=[later_by_name.public_id])
+        api_keys_page = owner_client.get(reverse("api_keys"))
+        assert api_keys_page.context["current_organization"] == later_by_name
+        owner_client.get(reverse("members", args=[organization.public_id]))
+        assert owner_client.get("/")["Location"] == reverse("licenses", args=[organization.public_id])
+
     def test_someone_without_organization_is_told_to_ask_for_an_invitation(self, client):
         """No organization: a page saying so, not an error."""
         client.force_login(factories.UserFactory())
