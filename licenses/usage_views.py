@@ -8,11 +8,11 @@ from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
 
 from organizations.audit import client_ip
 from organizations.csv_stream import streaming_csv_response
+from organizations.htmx import render_filtered
 from organizations.models import Membership
 from organizations.permissions import org_member_required
 from sessions_app.actions import release_session
@@ -109,14 +109,7 @@ def usage(request):
         )
     elif pools:
         status = 400
-    if request.htmx and not request.htmx.history_restore_request:
-        # htmx swaps only 2xx answers; the fragment carries the errors beside the figures instead.
-        response = render(request, "usage/usage.html#results", context)
-    else:
-        response = render(request, "usage/usage.html", context, status=status)
-    # The same URL answers with a fragment or a page depending on HX-Request: caches must not mix them.
-    patch_vary_headers(response, ["HX-Request"])
-    return response
+    return render_filtered(request, "usage/usage.html", "results", context, status=status)
 
 
 @require_GET

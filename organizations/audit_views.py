@@ -5,12 +5,12 @@ import json
 from django.core.paginator import Paginator
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
 
 from .audit import Action
 from .audit_forms import AuditFilterForm
 from .csv_stream import streaming_csv_response
+from .htmx import render_filtered
 from .models import AuditEvent
 from .permissions import org_manager_required
 
@@ -74,14 +74,7 @@ def audit_log(request):
         ]
     else:
         status = 400
-    if request.htmx and not request.htmx.history_restore_request:
-        # htmx swaps only 2xx answers; the fragment carries the errors instead.
-        response = render(request, "audit/audit_log.html#events", context)
-    else:
-        response = render(request, "audit/audit_log.html", context, status=status)
-    # The same URL answers with a fragment or a page depending on HX-Request: caches must not mix them.
-    patch_vary_headers(response, ["HX-Request"])
-    return response
+    return render_filtered(request, "audit/audit_log.html", "events", context, status=status)
 
 
 @require_GET
