@@ -1,6 +1,8 @@
 """Writing the audit log. Actions call `record` inside their own transaction, so a change that
 rolls back leaves no event and an event never describes a change that did not happen."""
 
+import ipaddress
+
 from django.db import transaction
 
 from .models import AuditEvent
@@ -71,5 +73,25 @@ def record(*, organization, actor, action, target=None, target_label="", before=
 
 
 def client_ip(request):
-    """The address the request came from. Behind a proxy, set it to pass REMOTE_ADDR through."""
-    return request.META.get("REMOTE_ADDR") or None
+    """The address the request came from, for the audit log and per-address rate limits.
+
+    Behind a reverse proxy every request arrives from the proxy, so the client is the address the
+    proxy appended last to X-Forwarded-For. That header is believed only from a proxy on this host
+    or a private network: a client connecting directly could write anything into it."""
+    peer = request.META.get("REMOTE_ADDR") or None
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if peer is None or not forwarded or not _is_internal(peer):
+        return peer
+    nearest = forwarded.rsplit(",", 1)[-1].strip()
+    try:
+        return str(ipaddress.ip_address(nearest))
+    except ValueError:
+        return peer
+
+
+def _is_internal(address):
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return parsed.is_loopback or parsed.is_private
