@@ -14,7 +14,7 @@ from organizations.models import Membership, Organization, Role
 from sessions_app.models import EndReason, EngineSession, Machine, generate_session_id
 
 DEMO_ORGANIZATION = "Demo QA"
-DEMO_PARTNER_ORGANIZATION = "Demo Partners"
+DEMO_PARTNER_ORGANIZATION = "Globex Partners"
 DEMO_PASSWORD = "demo-password"
 DEMO_PEOPLE = [
     ("owner@demo.example", "Olivia Owner", Role.OWNER),
