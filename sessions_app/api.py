@@ -5,6 +5,7 @@ answer, including a refusal, an unknown path or a lost database, is the contract
 with an X-Request-ID, and no input reaches a 5xx.
 """
 
+import contextlib
 import json
 import logging
 import re
@@ -107,10 +108,10 @@ def _presented_hash(request):
 def _authenticate(presented_hash):
     """The usable key presented. One answer for every kind of failure, so the API cannot be used to
     learn which keys exist, were revoked or have expired."""
-    try:
-        api_key = ApiKey.objects.usable().select_related("user", "organization").get(key_hash=presented_hash)
-    except ApiKey.DoesNotExist:
-        api_key = None
+    api_key = None
+    if presented_hash is not None:
+        with contextlib.suppress(ApiKey.DoesNotExist):
+            api_key = ApiKey.objects.usable().select_related("user", "organization").get(key_hash=presented_hash)
     if api_key is None:
         raise ApiError(
             401,
