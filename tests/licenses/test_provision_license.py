@@ -103,3 +103,25 @@ def test_bad_arguments_are_one_line_and_change_nothing(organization, args, messa
     assert "\n" not in str(refused.value)
     assert not LicensePool.objects.exists()
     assert not AuditEvent.objects.filter(action="pool.provisioned").exists()
+
+
+def test_a_machine_allow_list_limits_which_machines_may_take_licenses(organization):
+    """Patterns are given comma-separated; an empty value lifts the restriction again."""
+    output = provision(
+        organization.public_id, "--product", "RE", "--quota", "3", "--machine-allow-list", "ci-*, build-??.corp"
+    )
+    pool = LicensePool.objects.get()
+    assert pool.allow_patterns() == ["ci-*", "build-??.corp"]
+    assert pool.allows_machine("ci-runner-7") and pool.allows_machine("build-01.corp")
+    assert not pool.allows_machine("laptop-1")
+    assert "Only machines matching ci-*, build-??.corp may take licenses." in output
+    provision(organization.public_id, "--product", "RE", "--quota", "3", "--machine-allow-list", "")
+    pool.refresh_from_db()
+    assert pool.allows_machine("laptop-1")
+
+
+def test_a_bad_machine_pattern_is_refused_and_changes_nothing(organization):
+    """A pattern no machine id could match is named in a one-line error; the pool is not created."""
+    with pytest.raises(CommandError, match=r"Bad machine-id pattern 'lab machine'"):
+        provision(organization.public_id, "--product", "RE", "--quota", "3", "--machine-allow-list", "lab machine")
+    assert not LicensePool.objects.exists()

@@ -6,7 +6,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from licenses import actions
 from licenses.errors import LicenseRefusal
-from licenses.models import Product, end_of_day
+from licenses.models import Product, end_of_day, is_valid_machine_id
 from organizations.models import Organization
 
 
@@ -50,6 +50,10 @@ class Command(BaseCommand):
         parser.add_argument("--expires", help="Last day (YYYY-MM-DD, UTC); defaults to one year from the start.")
         parser.add_argument("--lease-seconds", help="How long a session lives without a heartbeat (at least 30).")
         parser.add_argument("--machine-idle-days", help="Deregister machines idle this many days; 0 keeps them.")
+        parser.add_argument(
+            "--machine-allow-list",
+            help="Comma-separated machine-id patterns (* and ? wildcards) allowed to take licenses; '' allows all.",
+        )
 
     def handle(self, *args, org_id, product, quota, machine_quota, starts, expires, lease_seconds, **options):
         machine_idle_days = options["machine_idle_days"]
@@ -71,6 +75,7 @@ class Command(BaseCommand):
                 expires_at=None if expires is None else _moment(expires, option="--expires", end_of_the_day=True),
                 lease_seconds=None if lease_seconds is None else _count(lease_seconds),
                 machine_idle_days=None if machine_idle_days is None else _count(machine_idle_days),
+                machine_allow_list=_allow_list(options["machine_allow_list"]),
             )
         except LicenseRefusal as error:
             raise CommandError(error.message) from None
@@ -84,5 +89,20 @@ class Command(BaseCommand):
             f"{pool.starts_at:%Y-%m-%d %H:%M} to {pool.expires_at:%Y-%m-%d %H:%M} UTC, "
             f"{pool.lease_seconds} s leases, {idle}."
         )
+        if pool.machine_allow_list:
+            self.stdout.write(f"Only machines matching {', '.join(pool.allow_patterns())} may take licenses.")
         if result.sessions_ended:
             self.stdout.write(f"Ended {result.sessions_ended} sessions over the new quota (reason quota_reduced).")
+
+
+def _allow_list(value):
+    """The pool stores one pattern per line; the command takes them comma-separated."""
+    if value is None:
+        return None
+    patterns = [pattern.strip() for pattern in value.split(",") if pattern.strip()]
+    for pattern in patterns:
+        if len(pattern) > 128 or not is_valid_machine_id(pattern.replace("*", "x").replace("?", "x")):
+            raise CommandError(
+                f"Bad machine-id pattern {pattern[:40]!r}: use A-Z a-z 0-9 . _ : - and the wildcards * and ?."
+            )
+    return "\n".join(patterns)
