@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from organizations.audit import Action, record
-from organizations.models import Membership, Organization, User
+from organizations.models import MANAGER_ROLES, Membership, Organization, User
 from sessions_app.models import EndReason, EngineSession, Machine
 
 from . import signing
@@ -21,6 +21,7 @@ from .errors import (
     InvalidRequest,
     LicenseExpired,
     MachineNotAllowed,
+    NotAllowed,
     SeatQuotaExceeded,
     SessionNotFound,
     SessionQuotaExceeded,
@@ -45,7 +46,9 @@ class ProvisionResult:
 
 
 def _lock_pool(pool_id: int) -> LicensePool:
-    return LicensePool.objects.select_for_update().select_related("organization").get(pk=pool_id)
+    # of=("self",): without it PostgreSQL locks the joined organization row too, taking it after the
+    # pool and deadlocking with remove_member, which takes the organization first.
+    return LicensePool.objects.select_for_update(of=("self",)).select_related("organization").get(pk=pool_id)
 
 
 def _pool_terms(pool: LicensePool) -> dict:
@@ -152,6 +155,20 @@ def provision_pool(
     return ProvisionResult(pool=pool, created=created, sessions_ended=sessions_ended)
 
 
+def _refuse_unless_manager(pool: LicensePool, actor: User | None) -> None:
+    """The pages check the role too, but every caller of these actions must be held to it. Read
+    under the pool lock, so a role taken away a moment ago is seen. `actor=None` is the installation
+    itself (an operator's command), which no organization role constrains, nor a superuser's."""
+    if actor is None or actor.is_superuser:
+        return
+    if not (
+        Membership.objects.active()
+        .filter(organization_id=pool.organization_id, user=actor, role__in=MANAGER_ROLES)
+        .exists()
+    ):
+        raise NotAllowed(f"Only owners and admins of {pool.organization} manage its licenses.")
+
+
 def _refuse_unless_in_force(pool: LicensePool) -> None:
     if not pool.is_in_force():
         when = "has not started yet" if timezone.now() < pool.starts_at else "has ended"
@@ -168,6 +185,7 @@ def grant_licenses(
     """Make members licensed users of a KSE pool, all or none. Members who already hold a license
     are left as they are (a repeated or concurrent grant is not an error); returns the new seats."""
     pool = _lock_pool(pool.pk)
+    _refuse_unless_manager(pool, actor)
     if pool.product != Product.KSE:
         raise InvalidRequest("Licenses are assigned to people only for Katalon Studio Enterprise.")
     _refuse_unless_in_force(pool)
@@ -221,6 +239,7 @@ def revoke_licenses(
     """Withdraw these people's licenses in the pool and end their live sessions in it (reason
     `withdrawn`). People without a license are skipped; returns the revoked seats."""
     pool = _lock_pool(pool.pk)
+    _refuse_unless_manager(pool, actor)
     user_ids = {user.pk for user in users}
     seats = list(pool.licensed_users.active().filter(user__in=user_ids).select_related("user"))
     if not seats:
@@ -250,6 +269,7 @@ def withdraw_session(
     pool = _lock_pool(session.pool_id)
     if pool.organization_id != organization.pk:
         raise SessionNotFound("That session does not belong to this organization.")
+    _refuse_unless_manager(pool, actor)
     if not pool.sessions.live().filter(pk=session.pk).exists():
         return False
     EngineSession.objects.filter(pk=session.pk).end(EndReason.WITHDRAWN)
@@ -270,6 +290,7 @@ def deactivate_machine(*, machine: Machine, actor: User | None, ip_address: str 
     """End the machine's live sessions (reason `machine_deactivated`) and deregister it, freeing
     its machine slot. Returns False when it was no longer registered."""
     pool = _lock_pool(machine.pool_id)
+    _refuse_unless_manager(pool, actor)
     if not Machine.objects.filter(pk=machine.pk).registered().exists():
         return False
     sessions_ended = EngineSession.objects.filter(machine=machine).end(EndReason.MACHINE_DEACTIVATED)
@@ -298,6 +319,7 @@ def create_offline_license(
             details={"fields": {"machine_id": ["Invalid machine id."]}},
         )
     pool = _lock_pool(pool.pk)
+    _refuse_unless_manager(pool, actor)
     _refuse_unless_in_force(pool)
     now = timezone.now()
     if expires_at <= now:

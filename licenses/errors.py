@@ -1,6 +1,8 @@
 """Refusals raised by the license actions. Each interface translates them: the engine API into its
 coded JSON error (contract/engine-api.md) with `status`, the pages into a message beside the form."""
 
+from django.core.exceptions import PermissionDenied
+
 
 class LicenseRefusal(Exception):
     code = "refused"
@@ -27,6 +29,14 @@ class SeatQuotaExceeded(LicenseRefusal):
 
     code = "seat_quota_exceeded"
     status = 409
+
+
+class NotAllowed(LicenseRefusal, PermissionDenied):
+    """Only owners and admins manage licenses. A PermissionDenied too, so a page whose caller lost
+    the role since its own check answers 403 like that check would have."""
+
+    code = "not_allowed"
+    status = 403
 
 
 class NotLicensed(LicenseRefusal):

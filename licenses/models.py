@@ -79,7 +79,8 @@ def pool_term_errors(*, quota, machine_quota, starts_at, expires_at, lease_secon
 
 @dataclass(frozen=True)
 class PoolUsage:
-    """A pool's figures, as every page and the API show them."""
+    """A pool's figures, as the Licenses page shows them and the license actions check them. (The
+    engine API counts for itself under its activation's lock.)"""
 
     quota: int
     machine_quota: int
@@ -98,18 +99,10 @@ class PoolUsage:
     def available(self):
         return max(0, self.quota - self.used)
 
-    @property
-    def machines_available(self):
-        return max(0, self.machine_quota - self.registered_machines)
-
 
 class LicensePoolQuerySet(models.QuerySet):
     def for_org(self, organization):
         return self.filter(organization=organization)
-
-    def in_force(self):
-        """Pools whose subscription runs now, by the database clock."""
-        return self.filter(starts_at__lte=Now(), expires_at__gt=Now())
 
 
 class LicensePool(models.Model):

@@ -24,11 +24,17 @@ class UserAdmin(DjangoUserAdmin):
     ]
 
 
+# Removing a member is remove_member's work (seats revoked, sessions ended, machines and keys
+# deactivated, audited): a membership marked removed here would keep all of that.
+MEMBERSHIP_REMOVAL_FIELDS = ["removed_at", "removed_by"]
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
     fk_name = "organization"
     extra = 0
-    raw_id_fields = ["user", "removed_by"]
+    raw_id_fields = ["user"]
+    readonly_fields = MEMBERSHIP_REMOVAL_FIELDS
 
 
 @admin.register(Organization)
@@ -45,7 +51,8 @@ class MembershipAdmin(admin.ModelAdmin):
     list_filter = ["role"]
     search_fields = ["user__email", "organization__name", "organization__public_id"]
     list_select_related = ["user", "organization"]
-    raw_id_fields = ["user", "organization", "removed_by"]
+    raw_id_fields = ["user", "organization"]
+    readonly_fields = MEMBERSHIP_REMOVAL_FIELDS
 
 
 @admin.register(Invitation)

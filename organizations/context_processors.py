@@ -7,6 +7,14 @@ def organizations(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
+    # An htmx answer renders several fragments, each running the context processors: read once.
+    cached = getattr(request, "_organizations_context", None)
+    if cached is None:
+        cached = request._organizations_context = _organizations(request, user)
+    return cached
+
+
+def _organizations(request, user):
     memberships = list(
         Membership.objects.active().filter(user=user).select_related("organization").order_by("organization__name")
     )

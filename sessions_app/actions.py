@@ -42,7 +42,13 @@ class Activation:
 
 
 def _lock_pool(pool_id):
-    return LicensePool.objects.select_for_update().select_related("organization").annotate(db_now=Now()).get(pk=pool_id)
+    # of=("self",): the joined organization row must stay unlocked (see licenses.actions._lock_pool).
+    return (
+        LicensePool.objects.select_for_update(of=("self",))
+        .select_related("organization")
+        .annotate(db_now=Now())
+        .get(pk=pool_id)
+    )
 
 
 def _choose_pool(*, api_key, user, product, org_id):
@@ -357,9 +363,12 @@ def expire_sessions() -> Housekeeping:
     """End lapsed leases (reason expired), deregister machines past their pool's idle limit and drop
     stale bookkeeping. Every step is an UPDATE or DELETE conditional on the row still needing it, so
     any number of hosts may run this at once: the second one to reach a row finds nothing to do."""
-    lapsed = EngineSession.objects.lapsed()
-    expired = lapsed.count()
-    lapsed.end(EndReason.EXPIRED)
+    # One transaction: end() is several statements, and a run that died between them would leave
+    # ephemeral machines registered with no session that a later run could find them by.
+    with transaction.atomic():
+        lapsed = EngineSession.objects.lapsed()
+        expired = lapsed.count()
+        lapsed.end(EndReason.EXPIRED)
 
     deregistered = 0
     for pool_id in (
@@ -380,6 +389,13 @@ def expire_sessions() -> Housekeeping:
     )
 
 
+def _refuse_unless_own_key(user, actor):
+    """A key acts as its person, so only they hold a say over it; the pages scope keys to the
+    signed-in person too. `actor=None` is an operator's command; superusers are operators."""
+    if actor is not None and actor.pk != user.pk and not actor.is_superuser:
+        raise errors.NotAllowed("People create and revoke only their own API keys.")
+
+
 @transaction.atomic
 def create_api_key(
     *,
@@ -391,6 +407,7 @@ def create_api_key(
     ip_address: str | None,
 ) -> tuple[ApiKey, str]:
     """A new key for `user`; returns the key's row and the raw key, which is never stored."""
+    _refuse_unless_own_key(user, actor)
     name = name.strip()
     if not name:
         raise errors.InvalidRequest("Give the key a name.")
@@ -420,6 +437,7 @@ def create_api_key(
 @transaction.atomic
 def revoke_api_key(*, api_key: ApiKey, actor, ip_address: str | None) -> bool:
     """Revoke the key; the next request with it is refused. Returns False when it already was."""
+    _refuse_unless_own_key(api_key.user, actor)
     revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=Now())
     api_key.refresh_from_db(fields=["revoked_at"])
     if revoked:

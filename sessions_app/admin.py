@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 
+from licenses import actions as license_actions
 from organizations.audit import client_ip
 
 from . import actions
@@ -12,8 +13,23 @@ class MachineAdmin(admin.ModelAdmin):
     list_filter = ["pool__product", "ephemeral", ("deactivated_at", admin.EmptyFieldListFilter)]
     search_fields = ["machine_id", "hostname", "user__email", "pool__organization__name"]
     list_select_related = ["pool__organization", "user"]
-    raw_id_fields = ["pool", "user"]
-    readonly_fields = ["registered_at"]
+    actions = ["deactivate"]
+
+    # Registering by hand would skip the machine quota, and deactivating by hand would leave the
+    # machine's sessions running: machines are registered by activations and deactivated below.
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Deactivate the selected machines (their sessions end)")
+    def deactivate(self, request, queryset):
+        deactivated = sum(
+            license_actions.deactivate_machine(machine=machine, actor=request.user, ip_address=client_ip(request))
+            for machine in queryset
+        )
+        self.message_user(request, f"Deactivated {deactivated} machine(s).", messages.SUCCESS)
 
 
 @admin.register(EngineSession)

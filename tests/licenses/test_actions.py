@@ -343,3 +343,51 @@ def test_the_allow_list_applies_to_offline_licenses(re_pool, owner):
     with pytest.raises(MachineNotAllowed):
         actions.create_offline_license(pool=re_pool, machine_id="laptop-1", expires_at=expires_at, actor=owner)
     actions.create_offline_license(pool=re_pool, machine_id="lab-1", expires_at=expires_at, actor=owner)
+
+
+# Only owners and admins manage licenses, whoever calls the action
+
+
+def _license_writes(pool, user, actor):
+    session = factories.EngineSessionFactory(pool=pool, user=user)
+    return {
+        "grant": lambda: actions.grant_licenses(pool=pool, users=[user], actor=actor),
+        "revoke": lambda: actions.revoke_licenses(pool=pool, users=[user], actor=actor),
+        "withdraw": lambda: actions.withdraw_session(organization=pool.organization, session=session, actor=actor),
+        "deactivate": lambda: actions.deactivate_machine(machine=session.machine, actor=actor),
+        "offline": lambda: actions.create_offline_license(
+            pool=pool, machine_id="laptop-9", expires_at=timezone.now() + timedelta(days=2), actor=actor
+        ),
+    }
+
+
+@pytest.mark.parametrize("write", ["grant", "revoke", "withdraw", "deactivate", "offline"])
+def test_a_member_cannot_manage_licenses_through_the_actions(kse_pool, members, owner, write):
+    """A plain member is refused by the action itself, not only by the page, and nothing changes."""
+    actions.grant_licenses(pool=kse_pool, users=[members[1]], actor=owner)
+    calls = _license_writes(kse_pool, members[1], actor=members[0])
+    events = AuditEvent.objects.count()
+
+    with pytest.raises(actions.NotAllowed):
+        calls[write]()
+
+    assert LicensedUser.objects.active().filter(pool=kse_pool).count() == 1
+    assert EngineSession.objects.live().filter(pool=kse_pool).count() == 1
+    assert Machine.objects.registered().filter(pool=kse_pool).count() == 1
+    assert not OfflineLicense.objects.exists()
+    assert AuditEvent.objects.count() == events
+
+
+@pytest.mark.parametrize("write", ["grant", "revoke", "withdraw", "deactivate", "offline"])
+def test_another_organizations_admin_cannot_manage_licenses(kse_pool, members, owner, other_organization, write):
+    """Being an owner elsewhere gives no say over this organization's licenses."""
+    actions.grant_licenses(pool=kse_pool, users=[members[1]], actor=owner)
+    stranger = other_organization.memberships.get(role="owner").user
+    with pytest.raises(actions.NotAllowed):
+        _license_writes(kse_pool, members[1], actor=stranger)[write]()
+    assert LicensedUser.objects.active().filter(pool=kse_pool).count() == 1
+
+
+def test_the_installation_itself_may_manage_licenses(kse_pool, members):
+    """actor=None is an operator's script or command, which no organization role constrains."""
+    assert len(actions.grant_licenses(pool=kse_pool, users=[members[0]], actor=None)) == 1

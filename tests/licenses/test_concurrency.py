@@ -79,3 +79,47 @@ def test_concurrent_offline_licenses_never_exceed_the_quota():
     assert len(results) == 4
     assert all(isinstance(error, SessionQuotaExceeded) for error in errors), errors
     assert OfflineLicense.objects.count() == 4
+
+
+def organization_row_is_free(organization):
+    """Whether another connection can lock the organization's row right now, without waiting."""
+    from django.db import DatabaseError, transaction
+
+    from organizations.models import Organization
+
+    answer = []
+
+    def probe():
+        try:
+            with transaction.atomic():
+                Organization.objects.select_for_update(nowait=True).get(pk=organization.pk)
+            answer.append(True)
+        except DatabaseError:
+            answer.append(False)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return answer[0]
+
+
+def test_a_grant_holds_its_pool_but_not_the_organization():
+    """While a grant holds its pool row, the organization row stays free: the project's lock order
+    is organization before pools, so a pool holder that also held the organization would deadlock
+    with removing a member (organization, then pools)."""
+    owner = factories.UserFactory()
+    organization = factories.OrganizationFactory(owner=owner)
+    pool = factories.LicensePoolFactory(organization=organization, product="KSE", quota=3)
+    member = factories.MembershipFactory(organization=organization).user
+    seen = []
+
+    def users():
+        # Consumed by the action after it has locked the pool.
+        seen.append(organization_row_is_free(organization))
+        yield member
+
+    actions.grant_licenses(pool=pool, users=users(), actor=owner)
+
+    assert seen == [True]

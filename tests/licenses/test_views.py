@@ -409,3 +409,19 @@ def test_the_htmx_grant_takes_a_fixed_number_of_queries(owner_client, organizati
     with CaptureQueriesContext(connection) as big:
         owner_client.post(url("licenses_grant", kse_pool), {"users": [members[1].pk]}, headers=HTMX)
     assert len(big.captured_queries) == len(small.captured_queries)
+
+
+def test_an_htmx_answer_of_several_sections_reads_the_switcher_once(owner_client, organization, kse_pool, members):
+    """A revoke answers four fragments (licensed users, subscription, sessions, machines); the
+    organization switcher's memberships are read once for the request, not once per fragment."""
+    actions.grant_licenses(pool=kse_pool, users=members[:2], actor=None)
+    with CaptureQueriesContext(connection) as captured:
+        response = owner_client.post(url("licenses_revoke", kse_pool), {"users": [members[0].pk]}, headers=HTMX)
+    assert response.status_code == 200
+    switcher_reads = [
+        query["sql"]
+        for query in captured.captured_queries
+        if query["sql"].startswith('SELECT "organizations_membership"')
+        and 'ORDER BY "organizations_organization"."name"' in query["sql"]
+    ]
+    assert len(switcher_reads) <= 1, switcher_reads

@@ -52,3 +52,32 @@ def test_the_audit_log_is_read_only_in_the_admin(operator_client, organization):
         == 403
     )
     assert AuditEvent.objects.filter(pk=event.pk).exists()
+
+
+def test_the_admin_cannot_remove_a_member_behind_the_members_page(operator_client, organization):
+    """Removing someone revokes their seats, sessions, machines and keys and is audited; only the
+    Members page's removal does that, so the admin cannot mark a membership removed."""
+    from licenses.models import LicensedUser
+
+    membership = factories.MembershipFactory(organization=organization, role="member")
+    seat = factories.LicensedUserFactory(
+        pool=factories.LicensePoolFactory(organization=organization, product="KSE"), user=membership.user
+    )
+    change = reverse("admin:organizations_membership_change", args=[membership.pk])
+    response = operator_client.post(
+        change,
+        {
+            "organization": organization.pk,
+            "user": membership.user.pk,
+            "role": "member",
+            "joined_at_0": "2026-01-01",
+            "joined_at_1": "09:00:00",
+            "removed_at_0": "2026-02-01",
+            "removed_at_1": "09:00:00",
+        },
+    )
+
+    assert response.status_code == 302
+    membership.refresh_from_db()
+    assert membership.removed_at is None
+    assert LicensedUser.objects.active().filter(pk=seat.pk).exists()

@@ -42,3 +42,27 @@ def test_an_operator_can_revoke_keys(operator_client):
         "/admin/sessions_app/apikey/", {"action": "revoke", "_selected_action": [keys[0].pk]}, follow=True
     )
     assert [key.status for key in ApiKey.objects.order_by("pk")] == ["revoked", "active"]
+
+
+def test_the_admin_registers_and_deregisters_machines_only_through_the_actions(operator_client, re_pool):
+    """A machine registered or marked deactivated by hand would skip the machine quota and leave its
+    sessions running; operators deactivate through the action, which ends them and is audited."""
+    from organizations.models import AuditEvent
+    from sessions_app.models import EngineSession, Machine
+
+    session = factories.EngineSessionFactory(pool=re_pool)
+    machine = session.machine
+    assert operator_client.get("/admin/sessions_app/machine/add/").status_code == 403
+    changed = operator_client.post(
+        f"/admin/sessions_app/machine/{machine.pk}/change/",
+        {"machine_id": machine.machine_id, "pool": re_pool.pk, "deactivated_at_0": "2026-01-01"},
+    )
+    assert changed.status_code == 403
+    assert Machine.objects.registered().filter(pk=machine.pk).exists()
+
+    operator_client.post(
+        "/admin/sessions_app/machine/", {"action": "deactivate", "_selected_action": [machine.pk]}, follow=True
+    )
+    assert not Machine.objects.registered().filter(pk=machine.pk).exists()
+    assert not EngineSession.objects.live().filter(pk=session.pk).exists()
+    assert AuditEvent.objects.filter(action="machine.deactivated").count() == 1

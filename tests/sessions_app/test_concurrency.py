@@ -141,3 +141,34 @@ def test_expire_sessions_on_many_hosts_at_once_ends_each_lease_once(member_user,
     assert EngineSession.objects.filter(end_reason="expired").count() == 20
     live.refresh_from_db()
     assert live.is_live
+
+
+def test_an_activation_holds_its_pool_but_not_the_organization(member_user, organization):
+    """While an activation holds its pool row, another connection can still lock the organization:
+    lock order is organization before pools, and removing a member takes them in that order."""
+    from django.db import DatabaseError
+
+    from organizations.models import Organization
+    from sessions_app import actions
+
+    factories.LicensePoolFactory(organization=organization, product="RE", quota=2)
+    free = []
+
+    def probe():
+        try:
+            with transaction.atomic():
+                Organization.objects.select_for_update(nowait=True).get(pk=organization.pk)
+            free.append(True)
+        except DatabaseError:
+            free.append(False)
+        finally:
+            connection.close()
+
+    def on_granted(activation):
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join()
+
+    actions.activate(api_key=None, user=member_user, product="RE", machine_id="agent-1", on_granted=on_granted)
+
+    assert free == [True]
