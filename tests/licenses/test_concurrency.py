@@ -1,39 +1,15 @@
 """Quota under real concurrency: PostgreSQL row locks with one connection per thread."""
 
-import threading
-
 import pytest
-from django.db import connection
 
 from licenses import actions
 from licenses.errors import SeatQuotaExceeded
 from licenses.models import LicensedUser
 from organizations.models import AuditEvent
 from tests import factories
+from tests.concurrency import organization_row_is_free, run_together, split
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def run_at_once(calls):
-    """Start every call at the same moment, each on its own connection; returns (results, errors)."""
-    barrier = threading.Barrier(len(calls))
-    results, errors = [], []
-
-    def run(call):
-        try:
-            barrier.wait()
-            results.append(call())
-        except Exception as error:
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results, errors
 
 
 def test_twenty_concurrent_grants_for_three_licenses():
@@ -46,7 +22,7 @@ def test_twenty_concurrent_grants_for_three_licenses():
     def grant(member):
         return lambda: actions.grant_licenses(pool=pool, users=[member], actor=owner, ip_address="10.1.1.1")
 
-    results, errors = run_at_once([grant(member) for member in members])
+    results, errors = split(run_together([grant(member) for member in members]))
 
     assert len(results) == 3
     assert len(errors) == 17
@@ -75,34 +51,10 @@ def test_concurrent_offline_licenses_never_exceed_the_quota():
             pool=pool, machine_id=f"m-{n}", expires_at=expires_at, actor=owner
         )
 
-    results, errors = run_at_once([create(n) for n in range(10)])
+    results, errors = split(run_together([create(n) for n in range(10)]))
     assert len(results) == 4
     assert all(isinstance(error, SessionQuotaExceeded) for error in errors), errors
     assert OfflineLicense.objects.count() == 4
-
-
-def organization_row_is_free(organization):
-    """Whether another connection can lock the organization's row right now, without waiting."""
-    from django.db import DatabaseError, transaction
-
-    from organizations.models import Organization
-
-    answer = []
-
-    def probe():
-        try:
-            with transaction.atomic():
-                Organization.objects.select_for_update(nowait=True).get(pk=organization.pk)
-            answer.append(True)
-        except DatabaseError:
-            answer.append(False)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=probe)
-    thread.start()
-    thread.join()
-    return answer[0]
 
 
 def test_a_grant_holds_its_pool_but_not_the_organization():

@@ -1,17 +1,16 @@
 import base64
 import json
-import threading
 from datetime import timedelta
 
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from django.db import connection
 from django.utils import timezone
 
 from licenses import actions, signing
 from licenses.models import SigningKey
+from tests.concurrency import run_together
 
 
 @pytest.fixture(autouse=True)
@@ -94,21 +93,7 @@ def test_a_configured_key_is_used_instead(db, settings):
 @pytest.mark.django_db(transaction=True)
 def test_processes_generating_at_once_end_with_one_key():
     """Eight connections that all find no key and generate one at once agree on a single key."""
-    barrier = threading.Barrier(8)
-    seen = []
-
-    def generate():
-        try:
-            barrier.wait()
-            seen.append(signing._stored_key_pem())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=generate) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    seen = run_together([signing._stored_key_pem] * 8)
     assert len(seen) == 8
     assert len(set(seen)) == 1
     assert SigningKey.objects.count() == 1

@@ -1,39 +1,15 @@
 """Membership changes racing each other on PostgreSQL, with real concurrent connections: the
 organization row lock makes them queue, so every rule holds whatever the interleaving."""
 
-import threading
-
 import pytest
-from django.db import connection
 
 from organizations import actions, errors
 from organizations.models import Invitation, Membership, Role
 from tests import factories
+from tests.concurrency import run_together
 from tests.organizations.conftest import link_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def run_together(*calls):
-    """Start every call at once, each in its own thread and connection; return results or exceptions."""
-    barrier = threading.Barrier(len(calls))
-    results = [None] * len(calls)
-
-    def worker(index, call):
-        try:
-            barrier.wait()
-            results[index] = call()
-        except Exception as error:
-            results[index] = error
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker, args=(i, call)) for i, call in enumerate(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
 
 
 def test_two_admins_inviting_the_same_email_at_once_make_one_invitation():
@@ -41,7 +17,7 @@ def test_two_admins_inviting_the_same_email_at_once_make_one_invitation():
     organization = factories.OrganizationFactory()
     admins = [factories.MembershipFactory(organization=organization, role="admin").user for _ in range(2)]
     results = run_together(
-        *[
+        [
             lambda admin=admin: actions.invite_members(
                 organization=organization, actor=admin, emails=["x@example.com"], role="member", link_for=link_for
             )
@@ -59,7 +35,7 @@ def test_two_transfers_at_once_leave_exactly_one_owner():
     organization = factories.OrganizationFactory(owner=owner)
     successors = [factories.MembershipFactory(organization=organization) for _ in range(2)]
     results = run_together(
-        *[
+        [
             lambda m=m: actions.transfer_ownership(organization=organization, actor=owner, membership_id=m.pk)
             for m in successors
         ]
@@ -75,10 +51,12 @@ def test_removing_a_member_while_another_admin_promotes_them_ends_removed():
     admins = [factories.MembershipFactory(organization=organization, role="admin").user for _ in range(2)]
     target = factories.MembershipFactory(organization=organization)
     run_together(
-        lambda: actions.remove_member(organization=organization, actor=admins[0], membership_id=target.pk),
-        lambda: actions.change_role(
-            organization=organization, actor=admins[1], membership_id=target.pk, role=Role.ADMIN
-        ),
+        [
+            lambda: actions.remove_member(organization=organization, actor=admins[0], membership_id=target.pk),
+            lambda: actions.change_role(
+                organization=organization, actor=admins[1], membership_id=target.pk, role=Role.ADMIN
+            ),
+        ]
     )
     target.refresh_from_db()
     assert target.removed_at is not None

@@ -13,38 +13,16 @@ from licenses.models import LicensePool
 from sessions_app.actions import expire_sessions
 from sessions_app.models import EngineSession, Machine
 from tests import factories
+from tests.concurrency import organization_row_is_free, run_together
 
 from .conftest import Engine
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-# PostgreSQL's default max_connections is 100 and the server is shared (CI, other test runs), so
-# requests go through at most this many connections at a time: enough for every race to happen.
-CONNECTIONS = 20
-
-
 def all_at_once(count, request):
-    """Run request(n) for n in range(count) from CONNECTIONS threads, each with its own database
-    connection, released together by a barrier; returns the answers in order."""
-    workers = min(count, CONNECTIONS)
-    barrier = threading.Barrier(workers)
-    answers = [None] * count
-
-    def run(worker):
-        try:
-            barrier.wait()
-            for n in range(worker, count, workers):
-                answers[n] = request(n)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(worker,)) for worker in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return answers
+    """request(n) for n in range(count), all at once from their own connections; the answers in order."""
+    return run_together([lambda n=n: request(n) for n in range(count)])
 
 
 def activate(raw_key, **fields):
@@ -146,28 +124,13 @@ def test_expire_sessions_on_many_hosts_at_once_ends_each_lease_once(member_user,
 def test_an_activation_holds_its_pool_but_not_the_organization(member_user, organization):
     """While an activation holds its pool row, another connection can still lock the organization:
     lock order is organization before pools, and removing a member takes them in that order."""
-    from django.db import DatabaseError
-
-    from organizations.models import Organization
     from sessions_app import actions
 
     factories.LicensePoolFactory(organization=organization, product="RE", quota=2)
     free = []
 
-    def probe():
-        try:
-            with transaction.atomic():
-                Organization.objects.select_for_update(nowait=True).get(pk=organization.pk)
-            free.append(True)
-        except DatabaseError:
-            free.append(False)
-        finally:
-            connection.close()
-
     def on_granted(activation):
-        thread = threading.Thread(target=probe)
-        thread.start()
-        thread.join()
+        free.append(organization_row_is_free(organization))
 
     actions.activate(api_key=None, user=member_user, product="RE", machine_id="agent-1", on_granted=on_granted)
 
