@@ -12,7 +12,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from organizations.audit import Action, record
+from organizations.audit import Action, record, record_each
 from organizations.models import MANAGER_ROLES, Membership, Organization, User
 from sessions_app.models import EndReason, EngineSession, Machine
 
@@ -220,15 +220,14 @@ def grant_licenses(
     seats = LicensedUser.objects.bulk_create(
         [LicensedUser(pool=pool, user=user, granted_at=now, granted_by=actor) for user in new_users]
     )
-    for seat in seats:
-        record(
-            organization=pool.organization,
-            actor=actor,
-            action=Action.LICENSE_GRANTED,
-            target=seat,
-            target_label=f"{seat.user.email} ({pool.product})",
-            ip_address=ip_address,
-        )
+    record_each(
+        seats,
+        organization=pool.organization,
+        actor=actor,
+        action=Action.LICENSE_GRANTED,
+        describe=lambda seat: {"target_label": f"{seat.user.email} ({pool.product})"},
+        ip_address=ip_address,
+    )
     return seats
 
 
@@ -249,14 +248,14 @@ def revoke_licenses(
     EngineSession.objects.filter(pool=pool, user__in=[seat.user_id for seat in seats]).end(EndReason.WITHDRAWN)
     for seat in seats:
         seat.revoked_at, seat.revoked_by = now, actor
-        record(
-            organization=pool.organization,
-            actor=actor,
-            action=Action.LICENSE_REVOKED,
-            target=seat,
-            target_label=f"{seat.user.email} ({pool.product})",
-            ip_address=ip_address,
-        )
+    record_each(
+        seats,
+        organization=pool.organization,
+        actor=actor,
+        action=Action.LICENSE_REVOKED,
+        describe=lambda seat: {"target_label": f"{seat.user.email} ({pool.product})"},
+        ip_address=ip_address,
+    )
     return seats
 
 

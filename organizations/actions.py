@@ -14,7 +14,7 @@ from licenses.models import LicensedUser, LicensePool
 from sessions_app.models import ApiKey, EndReason, EngineSession, Machine
 
 from . import errors
-from .audit import Action, record
+from .audit import Action, record, record_each
 from .emails import send_invitation_email
 from .models import INVITATION_LIFETIME, MANAGER_ROLES, Invitation, Membership, Organization, Role
 
@@ -148,16 +148,18 @@ def invite_members(
         )
         for email in wanted
     ]
+    record_each(
+        invitations,
+        organization=organization,
+        actor=actor,
+        action=Action.MEMBER_INVITED,
+        describe=lambda invitation: {
+            "target_label": invitation.email,
+            "after": {"email": invitation.email, "role": role},
+        },
+        ip_address=ip_address,
+    )
     for invitation in invitations:
-        record(
-            organization=organization,
-            actor=actor,
-            action=Action.MEMBER_INVITED,
-            target=invitation,
-            target_label=invitation.email,
-            after={"email": invitation.email, "role": role},
-            ip_address=ip_address,
-        )
         _send_after_commit(invitation, link_for)
     return invitations
 

@@ -56,12 +56,32 @@ class Action:
 
 def record(*, organization, actor, action, target=None, target_label="", before=None, after=None, ip_address=None):
     """Write one audit event. Must run inside the transaction of the change it records."""
+    _require_transaction()
+    event = _event(organization, actor, action, target, target_label, before, after, ip_address)
+    event.save()
+    return event
+
+
+def record_each(targets, *, organization, actor, action, describe, ip_address=None):
+    """One event per target (several people granted or invited at once), in one INSERT.
+    `describe(target)` gives the event's own fields: target_label, and before/after if any."""
+    _require_transaction()
+    return AuditEvent.objects.bulk_create(
+        [_event(organization, actor, action, target, ip_address=ip_address, **describe(target)) for target in targets]
+    )
+
+
+def _require_transaction():
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("Audit events are written inside the transaction of the change they record.")
-    return AuditEvent.objects.create(
+
+
+def _event(organization, actor, action, target, target_label="", before=None, after=None, ip_address=None):
+    known_actor = actor is not None and actor.pk is not None
+    return AuditEvent(
         organization=organization,
-        actor=actor if actor is not None and actor.pk else None,
-        actor_label=actor.email if actor is not None and actor.pk else "",
+        actor=actor if known_actor else None,
+        actor_label=actor.email if known_actor else "",
         action=action,
         target_type=target._meta.model_name if target is not None else "",
         target_id=str(target.pk) if target is not None else "",
