@@ -11,27 +11,16 @@ export (tracemalloc, in a second pass since tracing slows Python down). Then tim
 itself (the peak query over 30 days and the first page of history) at both sizes."""
 
 import argparse
-import os
 import resource
 import statistics
 import sys
 import time
 import tracemalloc
-import warnings
 from datetime import timedelta
-from pathlib import Path
 
-warnings.filterwarnings("ignore", message="No directory at")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "katalon_admin.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-long-enough-to-look-real-0123456789")
-os.environ.setdefault("DEBUG", "false")
-os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
-os.environ.setdefault("ALLOWED_HOSTS", "testserver")
+import django_env
 
-import django  # noqa: E402
-
-django.setup()
+django_env.setup()
 
 from django.db import connection  # noqa: E402
 from django.test import RequestFactory  # noqa: E402

@@ -20,7 +20,6 @@ over the whole run. The request count is bounded (--requests cycles, at most 500
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import threading
@@ -141,15 +140,9 @@ def measure(make_engine, cycles, workers, org_id):
 
 
 def in_process(cycles, workers):
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "katalon_admin.settings")
-    os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key-" + "x" * 40)
-    os.environ["DEBUG"] = "false"
-    os.environ["SECURE_SSL_REDIRECT"] = "false"
-    os.environ["ALLOWED_HOSTS"] = "testserver,localhost"
-    import django
+    import django_env
 
-    django.setup()
+    django_env.setup()
     from django.conf import settings
     from django.db import connection
     from django.test.utils import get_runner, setup_test_environment, teardown_test_environment
