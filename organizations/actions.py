@@ -5,7 +5,7 @@ and writes its audit event inside that transaction."""
 from collections.abc import Callable, Iterable
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -245,15 +245,20 @@ def accept_invitation(
     password: str | None = None,
     ip_address: str | None = None,
 ):
-    """Join the organization through an invitation link. A signed-in `user` must own the invited
-    email; without one, a new account is made with `name` and `password` (or an account that never
-    had a password gets them). Returns (membership, user). The token works once."""
+    """Join the organization through an invitation link, as one of two people only: a signed-in
+    `user` whose account owns the invited email, or, when nobody is signed in and the email has no
+    account at all, a new account made here with `name` and `password`.
+
+    The link is a bearer token an inviter can copy, so it never sets or changes the password of an
+    existing account, whatever state that password is in (never set, an operator's, a superuser's),
+    and never signs anyone in as it: whoever owns that account signs in first (or sets a password
+    through the reset mail sent to the address itself) and accepts then. Returns (membership, user).
+    The token works once."""
     invitation = Invitation.objects.select_related("organization").get(token=token)
     organization = _lock_organization(invitation.organization)
     invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
     check_invitation_usable(invitation)
 
-    User = get_user_model()
     if user is not None and user.is_authenticated:
         if user.email.lower() != invitation.email.lower():
             raise errors.InvitationForAnotherAccount(
@@ -261,15 +266,7 @@ def accept_invitation(
                 "Sign out first, then open the link again."
             )
     else:
-        user = User.objects.select_for_update().filter(email__iexact=invitation.email).first()
-        if user is not None and user.has_usable_password():
-            raise errors.AccountExists(f"{invitation.email} already has an account: sign in to accept the invitation.")
-        if user is None:
-            user = User.objects.create_user(email=invitation.email, password=password, name=name)
-        else:
-            user.name = name or user.name
-            user.set_password(password)
-            user.save(update_fields=["name", "password"])
+        user = _create_invited_account(invitation.email, name=name, password=password)
 
     membership = Membership.objects.active().filter(organization=organization, user=user).first()
     if membership is None:
@@ -287,6 +284,27 @@ def accept_invitation(
         ip_address=ip_address,
     )
     return membership, user
+
+
+def _create_invited_account(email: str, *, name: str, password: str | None):
+    """A new account for an email that has none; AccountExists for one that has, in any state."""
+    account_exists = errors.AccountExists(
+        f"{email} already has an account. Sign in as {email} to accept the invitation; if that account "
+        "never had a password, or you forgot it, ask for a link to set one: it is mailed to that address."
+    )
+    User = get_user_model()
+    if User.objects.filter(email__iexact=email).exists():
+        raise account_exists
+    if not password:
+        raise errors.NotAllowed("Choose a password for your new account.")
+    try:
+        # A savepoint: another organization's invitation for the same email may be creating the
+        # account right now (its lock is on that organization, not this one); the unique email
+        # decides, and the loser is told the account exists.
+        with transaction.atomic():
+            return User.objects.create_user(email=email, password=password, name=name)
+    except IntegrityError:
+        raise account_exists from None
 
 
 @transaction.atomic

@@ -1,4 +1,5 @@
 import pytest
+from django.contrib.auth import get_user_model
 from django.core import mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -152,13 +153,58 @@ class TestAccept:
         with pytest.raises(errors.AccountExists):
             actions.accept_invitation(token=invitation.token, name="Mallory", password="a-long-enough-password")
 
-    def test_an_account_without_a_password_sets_one_through_the_link(self, organization, invitation):
-        """Operator-made accounts (no usable password) sign up through the invitation."""
+    @pytest.mark.parametrize(
+        "account",
+        [
+            pytest.param({}, id="never-had-a-password"),
+            pytest.param({"is_staff": True}, id="staff-without-password"),
+            pytest.param({"is_staff": True, "is_superuser": True}, id="superuser-without-password"),
+        ],
+    )
+    def test_the_link_never_sets_the_password_of_an_account_without_one(self, owner, other_organization, account):
+        """Issue 13, item 1: the owner of another organization (made by create_organization, no
+        password yet), or an operator without one, cannot be taken over by whoever holds a link
+        addressed to them: the account keeps no usable password and joins nothing."""
+        victim, _ = actions.get_or_create_user("victim@corp.example")
+        type(victim).objects.filter(pk=victim.pk).update(**account)
+        actions.create_organization(name="Victim Corp", owner=victim)
+        [invitation] = invite(other_organization, other_organization.memberships.get().user, [victim.email])
+
+        with pytest.raises(errors.AccountExists, match=r"Sign in as victim@corp\.example"):
+            actions.accept_invitation(token=invitation.token, name="Mallory", password="attacker-chosen-pw-1")
+
+        victim.refresh_from_db()
+        assert not victim.has_usable_password()
+        assert victim.name == ""
+        assert not Membership.objects.filter(organization=other_organization, user=victim).exists()
+        invitation.refresh_from_db()
+        assert invitation.is_pending
+
+    def test_an_account_without_a_password_joins_once_its_owner_signed_in(self, organization, invitation):
+        """Having set a password through the mailed link and signed in, the person accepts as themselves."""
         user, _ = actions.get_or_create_user(invitation.email)
-        _, joined = actions.accept_invitation(token=invitation.token, name="Nia", password="a-long-enough-password")
-        assert joined == user
+        user.set_password("set-through-the-mail-1")
+        user.save()
+        membership, joined = actions.accept_invitation(token=invitation.token, user=user)
+        assert joined == user and membership.organization == organization
         joined.refresh_from_db()
-        assert joined.check_password("a-long-enough-password")
+        assert joined.check_password("set-through-the-mail-1")
+
+    def test_an_account_made_meanwhile_is_not_taken_over(self, organization, invitation, monkeypatch):
+        """An account committed for the address between the check and the insert (through another
+        organization's invitation, say) makes the unique email refuse the insert: the sign-up is
+        refused as for any existing account, and nothing is half-made."""
+        User = get_user_model()
+
+        def email_taken_meanwhile(*args, **kwargs):
+            raise IntegrityError('duplicate key value violates unique constraint "user_email_ci_unique"')
+
+        monkeypatch.setattr(User.objects, "create_user", email_taken_meanwhile)
+        with pytest.raises(errors.AccountExists):
+            actions.accept_invitation(token=invitation.token, name="Mallory", password="attacker-chosen-pw-1")
+        invitation.refresh_from_db()
+        assert invitation.is_pending
+        assert not Membership.objects.filter(organization=organization).exclude(role="owner").exists()
 
 
 class TestRoles:
