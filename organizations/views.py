@@ -17,7 +17,7 @@ from .audit import client_ip
 from .csv_stream import streaming_csv_response
 from .forms import InviteForm, RoleForm, SetFirstPasswordResetForm, SignUpForm, TransferOwnershipForm
 from .models import Invitation, Membership, Organization, Role, User
-from .permissions import LAST_ORGANIZATION_COOKIE, org_manager_required, org_member_required, org_owner_required
+from .permissions import last_organization_id, org_manager_required, org_member_required, org_owner_required
 
 MEMBERS_TEMPLATE = "organizations/members.html"
 ACTIVE_PER_PAGE = 50
@@ -28,7 +28,7 @@ REMOVED_SHOWN = 50
 def home(request):
     """The licenses of the organization the person last worked in, else of their first one."""
     organizations = Organization.objects.for_user(request.user).order_by("name")
-    last = request.COOKIES.get(LAST_ORGANIZATION_COOKIE)
+    last = last_organization_id(request)
     organization = (last and organizations.filter(public_id=last).first()) or organizations.first()
     if organization is None:
         return render(request, "organizations/no_organization.html")

@@ -54,6 +54,17 @@ class TestHome:
         owner_client.get(reverse("members", args=[organization.public_id]))
         assert owner_client.get("/")["Location"] == reverse("licenses", args=[organization.public_id])
 
+    @pytest.mark.parametrize("cookie", ["12\x00", "\x00", "x" * 300, "1 OR 1=1", "é"])
+    def test_a_malformed_last_organization_cookie_is_treated_as_absent(self, owner_client, organization, owner, cookie):
+        """Issue 13, item 10: a NUL byte in the cookie made the home page a 500 on PostgreSQL until the
+        cookie was cleared. Any value that cannot be an organization id now counts as no cookie."""
+        factories.MembershipFactory(organization=factories.OrganizationFactory(name="Zeta Labs"), user=owner)
+        owner_client.cookies["last_organization"] = cookie
+        response = owner_client.get("/")
+        assert response.status_code == 302
+        assert response["Location"] == reverse("licenses", args=[organization.public_id])
+        assert owner_client.get(reverse("api_keys")).context["current_organization"] == organization
+
     def test_someone_without_organization_is_told_to_ask_for_an_invitation(self, client):
         """No organization: a page saying so, not an error."""
         client.force_login(factories.UserFactory())
