@@ -334,7 +334,34 @@ def change_role(
         after={"role": role},
         ip_address=ip_address,
     )
+    if role not in MANAGER_ROLES:
+        _revoke_invitations_sent_by(
+            organization, membership.user, actor=actor, reason="inviter_demoted", ip_address=ip_address
+        )
     return membership
+
+
+def _revoke_invitations_sent_by(organization: Organization, inviter, *, actor, reason: str, ip_address: str | None):
+    """Revoke the invitations `inviter` sent here that nobody accepted yet, each audited. An
+    invitation carries its sender's authority: once that is gone (removed, or made a member), a link
+    they kept, perhaps to a second address of their own, must not bring anyone in as admin. Called
+    with the organization locked, so no acceptance runs meanwhile."""
+    invitations = list(Invitation.objects.pending().filter(organization=organization, invited_by=inviter))
+    if not invitations:
+        return
+    now = timezone.now()
+    Invitation.objects.filter(pk__in=[invitation.pk for invitation in invitations]).update(revoked_at=now)
+    record_each(
+        invitations,
+        organization=organization,
+        actor=actor,
+        action=Action.INVITATION_REVOKED,
+        describe=lambda invitation: {
+            "target_label": invitation.email,
+            "after": {"reason": reason, "invited_by": inviter.email, "role": invitation.role},
+        },
+        ip_address=ip_address,
+    )
 
 
 @transaction.atomic
@@ -403,6 +430,7 @@ def remove_member(
     membership.removed_at = now
     membership.removed_by = actor
     membership.save(update_fields=["removed_at", "removed_by"])
+    _revoke_invitations_sent_by(organization, user, actor=actor, reason="inviter_removed", ip_address=ip_address)
     record(
         organization=organization,
         actor=actor,

@@ -16,7 +16,7 @@ from . import actions, errors
 from .audit import client_ip
 from .csv_stream import streaming_csv_response
 from .forms import InviteForm, RoleForm, SetFirstPasswordResetForm, SignUpForm, TransferOwnershipForm
-from .models import Invitation, Membership, Organization, Role, User
+from .models import MANAGER_ROLES, Invitation, Membership, Organization, Role, User
 from .permissions import last_organization_id, org_manager_required, org_member_required, org_owner_required
 
 MEMBERS_TEMPLATE = "organizations/members.html"
@@ -163,9 +163,13 @@ def _active_membership_or_404(request, membership_id):
     return get_object_or_404(Membership.objects.active().filter(organization=request.organization), pk=membership_id)
 
 
-def _member_row(request, membership_id, **extra):
+def _member_row(request, membership_id, *, with_pending=False, **extra):
     organization = request.organization
     row = Membership.objects.filter(organization=organization, pk=membership_id).with_activity(organization).get()
+    if with_pending:
+        # Their invitations were revoked with the role: the pending list follows, out of band.
+        context = {**_base_context(request), **_pending_context(request), "m": row, **extra}
+        return _render_fragments(request, context, "member-row", "pending")
     return _render_fragments(request, {**_base_context(request), "m": row, **extra}, "member-row")
 
 
@@ -194,7 +198,8 @@ def change_role(request, membership_id):
         if membership.user_id == request.user.pk and not error:
             # You changed your own role: what you may do on this page changed everywhere.
             return HttpResponseClientRefresh()
-        return _member_row(request, membership.pk, row_error=error, row_notice=notice)
+        demoted = not error and membership.role not in MANAGER_ROLES
+        return _member_row(request, membership.pk, with_pending=demoted, row_error=error, row_notice=notice)
     _flash(request, error=error, notice=notice)
     return redirect(_members_url(request, request.POST.get("page")))
 
@@ -218,9 +223,10 @@ def remove(request, membership_id):
         notice = f"{membership.user.display_name} was removed; their licenses, sessions and machines here ended."
         if request.htmx:
             context = {**_base_context(request), **_removed_context(request), "active_count": _active_count(request)}
-            context["removed_notice"] = notice
-            # The row's own swap is empty: the row goes, the removed list and the count follow.
-            return _render_fragments(request, context, "removed", "active-count", swap_first=False)
+            context.update(_pending_context(request), removed_notice=notice)
+            # The row's own swap is empty: the row goes; the removed list, the count and the pending
+            # invitations (theirs were revoked with them) follow.
+            return _render_fragments(request, context, "removed", "active-count", "pending", swap_first=False)
         messages.success(request, notice)
     return redirect(_members_url(request, request.POST.get("page")))
 

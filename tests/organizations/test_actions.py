@@ -377,3 +377,56 @@ class TestAuditAtomicity:
         assert not AuditEvent.objects.filter(action=Action.MEMBER_ROLE_CHANGED).exists()
         target.refresh_from_db()
         assert target.role == Role.MEMBER
+
+
+class TestInviterLosesTheRight:
+    """Issue 13, item 9: an invitation carries its sender's authority, and ends with it."""
+
+    @pytest.fixture
+    def comeback_link(self, organization, admin_user):
+        [invitation] = invite(organization, admin_user, ["my-other-address@example.com"], role=Role.ADMIN)
+        return invitation
+
+    def test_removing_an_admin_revokes_the_invitations_they_sent(self, organization, owner, admin_user, comeback_link):
+        """An admin about to be removed invites a second address of their own as admin; after the
+        removal that link no longer brings them back, and the revocation is audited."""
+        others = invite(organization, owner, ["someone@example.com"])
+        actions.remove_member(
+            organization=organization, actor=owner, membership_id=membership_of(admin_user, organization).pk
+        )
+        with pytest.raises(errors.InvitationUnusable) as refusal:
+            actions.accept_invitation(token=comeback_link.token, name="Back Again", password="a-long-enough-password")
+        assert refusal.value.code == "invitation_revoked"
+        assert not Membership.objects.filter(user__email="my-other-address@example.com").exists()
+        event = AuditEvent.objects.get(action=Action.INVITATION_REVOKED)
+        assert (event.actor, event.target_label) == (owner, "my-other-address@example.com")
+        assert event.after["reason"] == "inviter_removed"
+        others[0].refresh_from_db()
+        assert others[0].is_pending  # The owner's own invitations stand.
+
+    def test_making_an_admin_a_member_revokes_the_invitations_they_sent(
+        self, organization, owner, admin_user, comeback_link
+    ):
+        """A demoted admin could no more invite; the links they sent stop working too."""
+        actions.change_role(
+            organization=organization,
+            actor=owner,
+            membership_id=membership_of(admin_user, organization).pk,
+            role=Role.MEMBER,
+        )
+        comeback_link.refresh_from_db()
+        assert comeback_link.revoked_at is not None
+        with pytest.raises(errors.InvitationUnusable):
+            actions.accept_invitation(token=comeback_link.token, name="Back Again", password="a-long-enough-password")
+        event = AuditEvent.objects.get(action=Action.INVITATION_REVOKED)
+        assert event.after["reason"] == "inviter_demoted"
+
+    def test_promoting_or_handing_on_ownership_keeps_them(self, organization, owner, admin_user, comeback_link):
+        """Only losing the right to invite ends the invitations: an owner who becomes admin keeps it."""
+        [owners_invitation] = invite(organization, owner, ["friend@example.com"])
+        actions.transfer_ownership(
+            organization=organization, actor=owner, membership_id=membership_of(admin_user, organization).pk
+        )
+        for invitation in (comeback_link, owners_invitation):
+            invitation.refresh_from_db()
+            assert invitation.is_pending

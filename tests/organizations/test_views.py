@@ -7,6 +7,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from organizations import actions
 from organizations.audit import Action
 from organizations.models import AuditEvent, Invitation, Membership, Role
 from tests import factories
@@ -281,9 +282,27 @@ class TestMemberActions:
         membership = membership_of(member_user, organization)
         response = owner_client.post(reverse("member_remove", args=[organization.public_id, membership.pk]), **HTMX)
         body = response.content.decode()
-        assert body.count('hx-swap-oob="true"') == 2
+        assert body.count('hx-swap-oob="true"') == 3
         assert 'id="removed-members"' in body and member_user.email in body
         assert '<span id="active-count" hx-swap-oob="true">1</span>' in body
+        assert '<section id="pending-invitations" aria-labelledby="pending-heading" hx-swap-oob="true">' in body
+
+    def test_removing_an_admin_in_place_drops_their_invitations_from_the_pending_list(
+        self, owner_client, organization, admin_user
+    ):
+        """The invitations the admin sent are revoked with them, and the pending list shows it at once."""
+        actions.invite_members(
+            organization=organization,
+            actor=admin_user,
+            emails=["their-friend@example.com"],
+            role="admin",
+            link_for=lambda invitation: "http://testserver/",
+        )
+        membership = membership_of(admin_user, organization)
+        response = owner_client.post(reverse("member_remove", args=[organization.public_id, membership.pk]), **HTMX)
+        pending = response.content.decode().split('id="pending-invitations"')[1]
+        assert "their-friend@example.com" not in pending
+        assert not Invitation.objects.pending().exists()
 
     def test_remove_without_javascript(self, owner_client, organization, member_user):
         """The plain post redirects with a message and the member shows as removed."""
