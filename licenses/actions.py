@@ -259,6 +259,17 @@ def revoke_licenses(
     return seats
 
 
+def revoke_seats_of_removed_member(sender, *, organization: Organization, user: User, actor, now, **kwargs) -> dict:
+    """organizations.signals.member_removed: the person's KSE seats in that organization are
+    revoked. Their pools are locked first, in id order, as every activation locks its pool: no
+    session can start for them half-way through the removal."""
+    LicensePool.objects.for_org(organization).lock_in_order()
+    seats = (
+        LicensedUser.objects.active().for_org(organization).filter(user=user).update(revoked_at=now, revoked_by=actor)
+    )
+    return {"kse_seats_revoked": seats}
+
+
 @transaction.atomic
 def withdraw_session(
     *, organization: Organization, session: EngineSession, actor: User | None, ip_address: str | None = None

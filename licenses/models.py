@@ -104,6 +104,11 @@ class LicensePoolQuerySet(models.QuerySet):
     def for_org(self, organization):
         return self.filter(organization=organization)
 
+    def lock_in_order(self):
+        """Lock these pools in id order, the project's lock order for several pools (and never an
+        organization's row after them); returns them. Call inside a transaction."""
+        return list(self.select_for_update(of=("self",)).order_by("pk"))
+
 
 class LicensePool(models.Model):
     """What an organization bought of one product. Every quota check locks this row first."""

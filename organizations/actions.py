@@ -6,14 +6,10 @@ from collections.abc import Callable, Iterable
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from licenses.models import LicensedUser, LicensePool
-from sessions_app.models import ApiKey, EndReason, EngineSession, Machine
-
-from . import errors
+from . import errors, signals
 from .audit import Action, record, record_each
 from .emails import send_invitation_email
 from .models import INVITATION_LIFETIME, MANAGER_ROLES, Invitation, Membership, Organization, Role
@@ -62,16 +58,21 @@ def _actor_membership(organization: Organization, actor) -> Membership:
     return membership
 
 
-def _require_manager(organization: Organization, actor) -> Membership:
-    membership = _actor_membership(organization, actor)
-    if membership.role not in MANAGER_ROLES:
+def _require_manager(organization: Organization, actor) -> None:
+    # A superuser is the installation's operator (the admin site), whom no organization role
+    # constrains, as in the license actions.
+    if actor.is_superuser:
+        return
+    if _actor_membership(organization, actor).role not in MANAGER_ROLES:
         raise errors.NotAllowed("Only owners and admins manage members.")
-    return membership
 
 
 def _locked_active_membership(organization: Organization, membership_id: int) -> Membership:
+    # of=("self",): the membership row only. Locking the joined user row too would deadlock
+    # remove_member with an activation: removal then waits for the person's pools, while the
+    # activation holding one needs a key-share lock on the same user row to commit its session.
     membership = (
-        Membership.objects.select_for_update()
+        Membership.objects.select_for_update(of=("self",))
         .select_related("user")
         .filter(organization=organization, pk=membership_id)
         .first()
@@ -400,12 +401,11 @@ def remove_member(
     *, organization: Organization, actor, membership_id: int, ip_address: str | None = None
 ) -> Membership:
     """Remove a member and everything they hold in this organization: KSE seats are revoked, their
-    sessions end, their machines are deactivated and their keys for this organization revoked."""
+    sessions end, their machines are deactivated and their keys for this organization revoked (by
+    the receivers of signals.member_removed), and the invitations they sent are revoked. The only
+    way a membership ends: the members page and the admin's Remove action both call this."""
     organization = _lock_organization(organization)
     _require_manager(organization, actor)
-    # Activations lock the pool: holding every pool of the organization (in id order, after the
-    # organization, as everywhere) means no session can start for this person half-way through.
-    list(LicensePool.objects.select_for_update().filter(organization=organization).order_by("id"))
     membership = _locked_active_membership(organization, membership_id)
     if membership.role == Role.OWNER:
         raise errors.NotAllowed("Nobody removes the owner. The owner can transfer ownership first.")
@@ -414,18 +414,13 @@ def remove_member(
     user = membership.user
     now = timezone.now()
 
-    seats = (
-        LicensedUser.objects.active().for_org(organization).filter(user=user).update(revoked_at=now, revoked_by=actor)
-    )
-    sessions = EngineSession.objects.filter(pool__organization=organization, user=user).end(EndReason.MEMBER_REMOVED)
-    # A machine somebody else is running a session on right now stays: their license must not
-    # vanish because the last person to activate there was removed.
-    machines = (
-        Machine.objects.filter(pool__organization=organization, user=user)
-        .exclude(Exists(EngineSession.objects.live().filter(machine=OuterRef("pk"))))
-        .deactivate(EndReason.MEMBER_REMOVED)
-    )
-    keys = ApiKey.objects.filter(organization=organization, user=user, revoked_at__isnull=True).update(revoked_at=now)
+    # Licenses and sessions_app end the seats, sessions, machines and keys, in this transaction and
+    # under the pools' locks (see signals.member_removed), and say how many for the audit event.
+    consequences = {}
+    for _receiver, counts in signals.member_removed.send(
+        sender=Membership, organization=organization, user=user, actor=actor, now=now
+    ):
+        consequences.update(counts)
 
     membership.removed_at = now
     membership.removed_by = actor
@@ -438,12 +433,7 @@ def remove_member(
         target=membership,
         target_label=user.email,
         before={"role": membership.role},
-        after={
-            "kse_seats_revoked": seats,
-            "sessions_ended": sessions,
-            "machines_deactivated": machines,
-            "api_keys_revoked": keys,
-        },
+        after=consequences,
         ip_address=ip_address,
     )
     return membership

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -267,10 +267,24 @@ def _record_refusal(refusal, *, api_key, user, product, machine_id, org_id, ip_a
 
 
 def _session_for(user, session_id, organization):
+    """The person's session, with the database's clock (`db_now`) and whether they are still an
+    active member of its pool's organization (`is_member`), all in the one statement heartbeat and
+    release already run: the hot path pays no extra query for the membership check."""
     sessions = EngineSession.objects.filter(public_id=session_id, user=user)
     if organization is not None:
         sessions = sessions.filter(pool__organization=organization)
-    session = sessions.select_related("pool__organization", "machine").annotate(db_now=Now()).first()
+    session = (
+        sessions.select_related("pool__organization", "machine")
+        .annotate(
+            db_now=Now(),
+            is_member=Exists(
+                Membership.objects.active().filter(
+                    user_id=OuterRef("user_id"), organization_id=OuterRef("pool__organization_id")
+                )
+            ),
+        )
+        .first()
+    )
     if session is None:
         raise errors.SessionNotFound(f"No session {session_id} of yours exists.")
     return session
@@ -291,7 +305,11 @@ def heartbeat(*, user, session_id: str, organization: Organization | None = None
         session = _session_for(user, session_id, organization)
         now = session.db_now
         if session.ended_at is None and session.lease_expires_at > now:
-            if not session.pool.is_in_force(now):
+            if not session.is_member:
+                # Removed behind remove_member's back (as a membership deleted in the admin used to
+                # be): the session ends now, and the engine is told why.
+                EngineSession.objects.filter(pk=session.pk).end(EndReason.MEMBER_REMOVED)
+            elif not session.pool.is_in_force(now):
                 EngineSession.objects.filter(pk=session.pk).end(EndReason.LICENSE_EXPIRED)
             else:
                 lease_expires_at = now + timedelta(seconds=session.pool.lease_seconds)
@@ -309,7 +327,6 @@ def heartbeat(*, user, session_id: str, organization: Organization | None = None
     raise _terminated(session)
 
 
-@transaction.atomic
 def release_session(
     *,
     user,
@@ -319,26 +336,53 @@ def release_session(
     by_person: bool = False,
 ) -> EngineSession:
     """End the person's own session (reason released) and free its license at once. Releasing a
-    session that has already ended changes nothing and answers the same.
+    session that has already ended changes nothing and answers the same. Someone who is no longer a
+    member of the session's organization is refused (410), and a session still open ends then with
+    reason `member_removed`.
 
     An engine releasing at the end of its run is routine and not audited; a person ending a session
     from the portal (`by_person`) is, like an admin's withdrawal."""
-    session = _session_for(user, session_id, organization)
-    if session.ended_at is None:
-        ended = EngineSession.objects.filter(pk=session.pk).end(EndReason.RELEASED)
-        session.refresh_from_db(fields=["ended_at", "end_reason"])
-        if by_person and ended:
-            record(
-                organization=session.pool.organization,
-                actor=user,
-                action=Action.SESSION_ENDED,
-                target=session,
-                target_label=f"{session.public_id} on {session.hostname or session.machine.machine_id}",
-                before={"status": "live"},
-                after={"status": "ended", "reason": EndReason.RELEASED},
-                ip_address=ip_address,
-            )
+    with transaction.atomic():
+        session = _session_for(user, session_id, organization)
+        if not session.is_member:
+            EngineSession.objects.filter(pk=session.pk).end(EndReason.MEMBER_REMOVED)
+        elif session.ended_at is None:
+            ended = EngineSession.objects.filter(pk=session.pk).end(EndReason.RELEASED)
+            session.refresh_from_db(fields=["ended_at", "end_reason"])
+            if by_person and ended:
+                record(
+                    organization=session.pool.organization,
+                    actor=user,
+                    action=Action.SESSION_ENDED,
+                    target=session,
+                    target_label=f"{session.public_id} on {session.hostname or session.machine.machine_id}",
+                    before={"status": "live"},
+                    after={"status": "ended", "reason": EndReason.RELEASED},
+                    ip_address=ip_address,
+                )
+    if not session.is_member:
+        # Outside the transaction, so the session's end is committed before the refusal is raised.
+        session.refresh_from_db(fields=["ended_at", "end_reason", "lease_expires_at"])
+        raise _terminated(session)
     return session
+
+
+def end_what_a_removed_member_holds(sender, *, organization: Organization, user, now, **kwargs) -> dict:
+    """organizations.signals.member_removed: the person's sessions in that organization end (reason
+    `member_removed`), the machines they activated last are deactivated, and their keys restricted
+    to it are revoked. Under the organization's pool locks, taken in id order like every
+    activation's, so no session can start for them meanwhile (whichever receiver runs first)."""
+    LicensePool.objects.for_org(organization).lock_in_order()
+    sessions = EngineSession.objects.filter(pool__organization=organization, user=user).end(EndReason.MEMBER_REMOVED)
+    # A machine somebody else is running a session on right now stays: their license must not
+    # vanish because the last person to activate there was removed.
+    machines = (
+        Machine.objects.filter(pool__organization=organization, user=user)
+        .exclude(Exists(EngineSession.objects.live().filter(machine=OuterRef("pk"))))
+        .deactivate(EndReason.MEMBER_REMOVED)
+    )
+    keys = ApiKey.objects.filter(organization=organization, user=user, revoked_at__isnull=True).update(revoked_at=now)
+    return {"sessions_ended": sessions, "machines_deactivated": machines, "api_keys_revoked": keys}
 
 
 @dataclass(frozen=True)

@@ -135,3 +135,40 @@ def test_an_activation_holds_its_pool_but_not_the_organization(member_user, orga
     actions.activate(api_key=None, user=member_user, product="RE", machine_id="agent-1", on_granted=on_granted)
 
     assert free == [True]
+
+
+def test_a_member_removed_while_their_engine_activates_keeps_no_session(member_user, organization, owner):
+    """The removal ends what the person holds under the pools' locks, which every activation takes:
+    a removal started while an activation holds its pool (membership checked, session inserted, not
+    yet committed) waits for it, then ends that session too. Without the pool locks it would commit
+    first, and the activation's session would outlive the membership."""
+    from organizations.actions import remove_member
+    from sessions_app import actions
+
+    factories.LicensePoolFactory(organization=organization, product="RE", quota=5)
+    membership = organization.memberships.get(user=member_user)
+    removal = {}
+
+    def remove():
+        try:
+            removal["result"] = remove_member(organization=organization, actor=owner, membership_id=membership.pk)
+        finally:
+            connection.close()
+
+    def on_granted(activation):
+        # Inside the activation's transaction, its pool locked: start the removal and give it time.
+        remover = removal["thread"] = threading.Thread(target=remove)
+        remover.start()
+        remover.join(timeout=1.5)
+        removal["finished_while_pool_held"] = not remover.is_alive()
+
+    activation = actions.activate(
+        api_key=None, user=member_user, product="RE", machine_id="agent-1", on_granted=on_granted
+    )
+    removal["thread"].join()
+
+    assert removal["finished_while_pool_held"] is False
+    assert removal["result"].removed_at is not None
+    activation.session.refresh_from_db()
+    assert activation.session.end_reason == "member_removed"
+    assert not EngineSession.objects.live().exists()
