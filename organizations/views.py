@@ -16,7 +16,7 @@ from . import actions, errors
 from .audit import client_ip
 from .csv_stream import streaming_csv_response
 from .forms import InviteForm, RoleForm, SetFirstPasswordResetForm, SignUpForm, TransferOwnershipForm
-from .models import MANAGER_ROLES, Invitation, Membership, Organization, Role, User
+from .models import Invitation, Membership, Organization, Role, User
 from .permissions import last_organization_id, org_manager_required, org_member_required, org_owner_required
 
 MEMBERS_TEMPLATE = "organizations/members.html"
@@ -163,13 +163,9 @@ def _active_membership_or_404(request, membership_id):
     return get_object_or_404(Membership.objects.active().filter(organization=request.organization), pk=membership_id)
 
 
-def _member_row(request, membership_id, *, with_pending=False, **extra):
+def _member_row(request, membership_id, **extra):
     organization = request.organization
     row = Membership.objects.filter(organization=organization, pk=membership_id).with_activity(organization).get()
-    if with_pending:
-        # Their invitations were revoked with the role: the pending list follows, out of band.
-        context = {**_base_context(request), **_pending_context(request), "m": row, **extra}
-        return _render_fragments(request, context, "member-row", "pending")
     return _render_fragments(request, {**_base_context(request), "m": row, **extra}, "member-row")
 
 
@@ -179,6 +175,12 @@ def change_role(request, membership_id):
     membership = _active_membership_or_404(request, membership_id)
     form = RoleForm(request.POST)
     error = notice = None
+    # Making someone a member revokes the invitations they sent (see actions.change_role).
+    revokes_invitations = (
+        form.is_valid()
+        and form.cleaned_data["role"] == Role.MEMBER
+        and Invitation.objects.pending().filter(organization=request.organization, invited_by=membership.user).exists()
+    )
     if not form.is_valid():
         error = "Choose Admin or Member."
     else:
@@ -195,11 +197,12 @@ def change_role(request, membership_id):
         else:
             notice = f"{membership.user.display_name} is now {Role(membership.role).label.lower()}."
     if request.htmx:
-        if membership.user_id == request.user.pk and not error:
-            # You changed your own role: what you may do on this page changed everywhere.
+        if not error and (membership.user_id == request.user.pk or revokes_invitations):
+            # Your own role changed, or the pending invitations did: more than the row changed. (A
+            # row's answer cannot carry the pending list out of band: it is parsed as table content.)
+            _flash(request, notice=notice)
             return HttpResponseClientRefresh()
-        demoted = not error and membership.role not in MANAGER_ROLES
-        return _member_row(request, membership.pk, with_pending=demoted, row_error=error, row_notice=notice)
+        return _member_row(request, membership.pk, row_error=error, row_notice=notice)
     _flash(request, error=error, notice=notice)
     return redirect(_members_url(request, request.POST.get("page")))
 

@@ -304,6 +304,27 @@ class TestMemberActions:
         assert "their-friend@example.com" not in pending
         assert not Invitation.objects.pending().exists()
 
+    def test_demoting_an_admin_with_pending_invitations_in_place_refreshes_the_page(
+        self, owner_client, organization, admin_user
+    ):
+        """Their invitations are revoked with the role, so the page comes back whole, saying so."""
+        actions.invite_members(
+            organization=organization,
+            actor=admin_user,
+            emails=["their-friend@example.com"],
+            role="member",
+            link_for=lambda invitation: "http://testserver/",
+        )
+        membership = membership_of(admin_user, organization)
+        response = owner_client.post(
+            reverse("member_change_role", args=[organization.public_id, membership.pk]), {"role": "member"}, **HTMX
+        )
+        assert response["HX-Refresh"] == "true"
+        assert not Invitation.objects.pending().exists()
+        page = owner_client.get(members_url(organization)).content.decode()
+        assert "is now member." in page
+        assert "their-friend@example.com" not in page.split('id="pending-invitations"')[1]
+
     def test_remove_without_javascript(self, owner_client, organization, member_user):
         """The plain post redirects with a message and the member shows as removed."""
         membership = membership_of(member_user, organization)
