@@ -536,17 +536,19 @@ def request_fingerprint(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def claim_idempotency_key(*, user, key: str, fingerprint: str) -> IdempotencyClaim:
-    """Claim `key` for a request, or find the answer a finished one left. The claim commits at once
-    (its own transaction), so a concurrent duplicate sees it and is told the key is in use instead
-    of waiting on a row lock or taking a second license."""
+def claim_idempotency_key(*, api_key: ApiKey, key: str, fingerprint: str) -> IdempotencyClaim:
+    """Claim `key` for a request made with `api_key`, or find the answer a finished one left with
+    that same API key (another key's request, even the same person's, is decided afresh). The claim
+    commits at once (its own transaction), so a concurrent duplicate sees it and is told the key is
+    in use instead of waiting on a row lock or taking a second license."""
     for _ in range(3):
-        existing = IdempotencyRecord.objects.filter(user=user, key=key).first()
+        existing = IdempotencyRecord.objects.filter(api_key=api_key, key=key).first()
         if existing is None:
             try:
                 with transaction.atomic():
                     return IdempotencyClaim(
-                        IdempotencyRecord.objects.create(user=user, key=key, request_fingerprint=fingerprint), False
+                        IdempotencyRecord.objects.create(api_key=api_key, key=key, request_fingerprint=fingerprint),
+                        False,
                     )
             except IntegrityError:
                 continue

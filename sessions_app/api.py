@@ -303,7 +303,7 @@ def activate(request):
         return JsonResponse(activation_body(grant()), status=201)
 
     claim = actions.claim_idempotency_key(
-        user=api_key.user, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
+        api_key=api_key, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
     )
     if claim.replay:
         return JsonResponse(claim.record.response_body, status=claim.record.status_code)

@@ -227,9 +227,11 @@ class ApiKey(models.Model):
 
 
 class IdempotencyRecord(models.Model):
-    """The first answer to a request carrying an Idempotency-Key, replayed to its retries."""
+    """The first answer to a request carrying an Idempotency-Key, replayed to its retries made with
+    the same API key. Scoped to the API key, not its person: one person's keys may be restricted to
+    different organizations, and a retry with another key is another request, decided afresh."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)
     request_fingerprint = models.CharField(max_length=64)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Empty while in progress.")
@@ -237,7 +239,9 @@ class IdempotencyRecord(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "key"], name="one_record_per_idempotency_key")]
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "key"], name="one_record_per_api_key_and_idempotency_key")
+        ]
 
     def __str__(self):
         return self.key
