@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from organizations.audit import Action, record, record_each
@@ -46,9 +47,16 @@ class ProvisionResult:
 
 
 def _lock_pool(pool_id: int) -> LicensePool:
+    """The pool, locked, with the database's clock as `db_now`: every rule comparing with "now"
+    reads that clock, as activation does, so no web host's clock decides a license."""
     # of=("self",): without it PostgreSQL locks the joined organization row too, taking it after the
     # pool and deadlocking with remove_member, which takes the organization first.
-    return LicensePool.objects.select_for_update(of=("self",)).select_related("organization").get(pk=pool_id)
+    return (
+        LicensePool.objects.select_for_update(of=("self",))
+        .select_related("organization")
+        .annotate(db_now=Now())
+        .get(pk=pool_id)
+    )
 
 
 def _pool_terms(pool: LicensePool) -> dict:
@@ -170,8 +178,9 @@ def _refuse_unless_manager(pool: LicensePool, actor: User | None) -> None:
 
 
 def _refuse_unless_in_force(pool: LicensePool) -> None:
-    if not pool.is_in_force():
-        when = "has not started yet" if timezone.now() < pool.starts_at else "has ended"
+    """`pool` comes from _lock_pool, with the database's clock."""
+    if not pool.is_in_force(pool.db_now):
+        when = "has not started yet" if pool.db_now < pool.starts_at else "has ended"
         raise LicenseExpired(
             f"The {pool.get_product_display()} subscription of {pool.organization} {when} "
             f"(it runs from {pool.starts_at:%Y-%m-%d} to {pool.expires_at:%Y-%m-%d})."
@@ -216,7 +225,7 @@ def grant_licenses(
                 f"you chose {len(new_users)} members."
             )
         raise SeatQuotaExceeded(message, details={"quota": pool.quota, "used": usage.used})
-    now = timezone.now()
+    now = pool.db_now
     seats = LicensedUser.objects.bulk_create(
         [LicensedUser(pool=pool, user=user, granted_at=now, granted_by=actor) for user in new_users]
     )
@@ -243,7 +252,7 @@ def revoke_licenses(
     seats = list(pool.licensed_users.active().filter(user__in=user_ids).select_related("user"))
     if not seats:
         return []
-    now = timezone.now()
+    now = pool.db_now
     LicensedUser.objects.filter(pk__in=[seat.pk for seat in seats]).update(revoked_at=now, revoked_by=actor)
     EngineSession.objects.filter(pool=pool, user__in=[seat.user_id for seat in seats]).end(EndReason.WITHDRAWN)
     for seat in seats:
@@ -331,7 +340,7 @@ def create_offline_license(
     pool = _lock_pool(pool.pk)
     _refuse_unless_manager(pool, actor)
     _refuse_unless_in_force(pool)
-    now = timezone.now()
+    now = pool.db_now
     if expires_at <= now:
         raise InvalidRequest(
             "An offline license must expire in the future.", details={"fields": {"expires_at": ["In the past."]}}

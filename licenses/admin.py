@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from organizations.audit import client_ip
 
 from . import actions
+from .errors import LicenseRefusal
 from .forms import LicensePoolAdminForm
 from .models import LicensedUser, LicensePool, OfflineLicense, SigningKey
 
@@ -53,10 +54,30 @@ class LicensedUserAdmin(admin.ModelAdmin):
     search_fields = ["user__email", "pool__organization__name"]
     list_select_related = ["user", "pool__organization", "granted_by"]
     readonly_fields = ["pool", "user", "granted_at", "granted_by", "revoked_at", "revoked_by"]
+    actions = ["revoke"]
 
     def has_add_permission(self, request):
         # Seats are granted on the Licenses page, where the quota is checked under the pool lock.
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        # A deleted seat would leave its holder's session running, unaudited: revoke it instead.
+        return False
+
+    @admin.action(description="Revoke the selected licenses (their sessions end)", permissions=["change"])
+    def revoke(self, request, queryset):
+        revoked = 0
+        for seat in queryset.active().select_related("pool__organization", "user"):
+            try:
+                revoked += len(
+                    actions.revoke_licenses(
+                        pool=seat.pool, users=[seat.user], actor=request.user, ip_address=client_ip(request)
+                    )
+                )
+            except LicenseRefusal as refusal:
+                self.message_user(request, f"{seat} was not revoked: {refusal.message}", messages.ERROR)
+        if revoked:
+            self.message_user(request, f"Revoked {revoked} license(s).", messages.SUCCESS)
 
 
 @admin.register(OfflineLicense)

@@ -188,8 +188,8 @@ class LicensePool(models.Model):
             licensed_users=counts["n_licensed_users"] if self.product == Product.KSE else None,
         )
 
-    def is_in_force(self, now=None):
-        now = now or timezone.now()
+    def is_in_force(self, now):
+        """Whether the subscription runs at `now`, which callers read from the database's clock."""
         return self.starts_at <= now < self.expires_at
 
     @property

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models.functions import Lower
+from django.db.models.functions import Lower, Now
 from django.utils import timezone
 
 from . import errors, signals
@@ -219,8 +219,9 @@ def revoke_invitation(
     return invitation
 
 
-def check_invitation_usable(invitation: Invitation):
-    """Raise InvitationUnusable with the reason a person can act on, or return quietly."""
+def check_invitation_usable(invitation: Invitation, now=None):
+    """Raise InvitationUnusable with the reason a person can act on, or return quietly. Acceptance
+    passes the database's clock as `now`; the page's early look may use the app's."""
     if invitation.revoked_at:
         raise errors.InvitationUnusable(
             "This invitation was revoked. Ask the organization's owner or an admin for a new one.",
@@ -230,7 +231,7 @@ def check_invitation_usable(invitation: Invitation):
         raise errors.InvitationUnusable(
             "This invitation was already used. Sign in to reach the organization.", code="invitation_used"
         )
-    if invitation.is_expired:
+    if invitation.expires_at <= (now or timezone.now()):
         raise errors.InvitationUnusable(
             "This invitation has expired. Ask the organization's owner or an admin to resend it.",
             code="invitation_expired",
@@ -257,8 +258,8 @@ def accept_invitation(
     The token works once."""
     invitation = Invitation.objects.select_related("organization").get(token=token)
     organization = _lock_organization(invitation.organization)
-    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
-    check_invitation_usable(invitation)
+    invitation = Invitation.objects.select_for_update().annotate(db_now=Now()).get(pk=invitation.pk)
+    check_invitation_usable(invitation, now=invitation.db_now)
 
     if user is not None and user.is_authenticated:
         if user.email.lower() != invitation.email.lower():
