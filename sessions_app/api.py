@@ -275,7 +275,7 @@ def activation_body(activation):
         "machine": {"machine_id": machine.machine_id, "registered_at": iso(machine.registered_at)},
         "license": {"expires_at": iso(pool.expires_at)},
         "usage": {
-            "sessions": {"used": activation.sessions_used, "quota": pool.quota},
+            "sessions": {"used": activation.licenses_used, "quota": pool.quota},
             "machines": {"used": activation.machines_used, "quota": pool.machine_quota},
         },
     }

@@ -132,7 +132,11 @@ SCHEMAS = {
                 "type": "object",
                 "required": ["sessions", "machines"],
                 "properties": {
-                    "sessions": {"$ref": "#/components/schemas/Figure"},
+                    "sessions": {
+                        "$ref": "#/components/schemas/Figure",
+                        "description": "Licenses in use against the quota, this session included: RE live "
+                        "sessions, KSE licensed users, each plus unexpired offline licenses.",
+                    },
                     "machines": {"$ref": "#/components/schemas/Figure"},
                 },
             },
