@@ -102,8 +102,9 @@ def provision_pool(
     Arguments left as None keep a pool's current terms; a new pool gets the defaults: machine
     quota equal to the quota, starting now, running one year, 300-second leases, no machine idle
     limit. When changing, a machine quota that followed the quota keeps following it.
-    `machine_idle_days=0` removes the idle limit. Lowering the quota below what is in
-    use ends the newest live sessions with reason `quota_reduced`."""
+    `machine_idle_days=0` removes the idle limit. Lowering an RE quota below what is in use ends
+    the newest live sessions with reason `quota_reduced`. A KSE quota cannot go below its licensed
+    users plus unexpired offline licenses: SeatQuotaExceeded names how many to revoke first."""
     if product not in Product.values:
         raise InvalidRequest(
             f"Unknown product {product!r}: choose {' or '.join(Product.values)}.",
@@ -149,8 +150,22 @@ def provision_pool(
     )
     if errors:
         raise InvalidRequest(" ".join(errors.values()), details={"fields": {k: [v] for k, v in errors.items()}})
+    if not created and pool.product == Product.KSE:
+        # Counted under the pool's lock, so no grant slips in between this check and the save.
+        usage = pool.usage()
+        refusal = usage.kse_quota_refusal(pool.quota, organization)
+        if refusal:
+            raise SeatQuotaExceeded(
+                refusal,
+                details={
+                    "fields": {"quota": [refusal]},
+                    "licensed_users": usage.licensed_users,
+                    "unexpired_offline": usage.unexpired_offline,
+                },
+            )
     pool.save()
-    sessions_ended = 0 if created else _end_sessions_over_quota(pool)
+    # KSE never ends sessions for its quota: the quota counts licensed users, kept within it above.
+    sessions_ended = 0 if created or pool.product == Product.KSE else _end_sessions_over_quota(pool)
     record(
         organization=organization,
         actor=actor,
