@@ -327,8 +327,10 @@ def deactivate_machine(*, machine: Machine, actor: User | None, ip_address: str 
     _refuse_unless_manager(pool, actor)
     if not Machine.objects.filter(pk=machine.pk).registered().exists():
         return False
-    sessions_ended = EngineSession.objects.filter(machine=machine).end(EndReason.MACHINE_DEACTIVATED)
+    # Deregistered before its sessions end: ending an ephemeral machine's last session would
+    # otherwise deregister it first, recording "ephemeral" instead of what happened.
     Machine.objects.filter(pk=machine.pk).deactivate("deactivated")
+    sessions_ended = EngineSession.objects.filter(machine=machine).end(EndReason.MACHINE_DEACTIVATED)
     record(
         organization=pool.organization,
         actor=actor,

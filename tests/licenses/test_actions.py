@@ -261,6 +261,18 @@ def test_deactivating_a_machine_ends_its_sessions_and_frees_its_slot(re_pool, ad
     assert not actions.deactivate_machine(machine=machine, actor=admin_user)
 
 
+def test_deactivating_an_ephemeral_machine_records_that_it_was_deactivated(re_pool, admin_user):
+    """Issue 13, item 8: the reason says what happened (an admin deactivated it), not "ephemeral",
+    although its last session ended with it."""
+    machine = factories.MachineFactory(pool=re_pool, ephemeral=True)
+    session = factories.EngineSessionFactory(pool=re_pool, machine=machine)
+    assert actions.deactivate_machine(machine=machine, actor=admin_user)
+    machine.refresh_from_db()
+    assert machine.deactivation_reason == "deactivated"
+    session.refresh_from_db()
+    assert session.end_reason == EndReason.MACHINE_DEACTIVATED
+
+
 # create_offline_license
 
 
