@@ -18,6 +18,18 @@ pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
+def invitation_sent_by(admin, organization):
+    """A pending invitation of their-friend@example.com that `admin` sent."""
+    [invitation] = actions.invite_members(
+        organization=organization,
+        actor=admin,
+        emails=["their-friend@example.com"],
+        role="member",
+        link_for=lambda invitation: "http://testserver/",
+    )
+    return invitation
+
+
 def members_url(organization):
     return reverse("members", args=[organization.public_id])
 
@@ -291,13 +303,7 @@ class TestMemberActions:
         self, owner_client, organization, admin_user
     ):
         """The invitations the admin sent are revoked with them, and the pending list shows it at once."""
-        actions.invite_members(
-            organization=organization,
-            actor=admin_user,
-            emails=["their-friend@example.com"],
-            role="admin",
-            link_for=lambda invitation: "http://testserver/",
-        )
+        invitation_sent_by(admin_user, organization)
         membership = membership_of(admin_user, organization)
         response = owner_client.post(reverse("member_remove", args=[organization.public_id, membership.pk]), **HTMX)
         pending = response.content.decode().split('id="pending-invitations"')[1]
@@ -308,13 +314,7 @@ class TestMemberActions:
         self, owner_client, organization, admin_user
     ):
         """Their invitations are revoked with the role, so the page comes back whole, saying so."""
-        actions.invite_members(
-            organization=organization,
-            actor=admin_user,
-            emails=["their-friend@example.com"],
-            role="member",
-            link_for=lambda invitation: "http://testserver/",
-        )
+        invitation_sent_by(admin_user, organization)
         membership = membership_of(admin_user, organization)
         response = owner_client.post(
             reverse("member_change_role", args=[organization.public_id, membership.pk]), {"role": "member"}, **HTMX
