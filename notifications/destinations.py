@@ -30,6 +30,12 @@ TIMEOUT = 10.0
 USER_AGENT = "KatalonAdmin-Webhooks/1"
 RESPONSE_EXCERPT_BYTES = 1024
 
+# What WEBHOOK_ALLOW_PRIVATE opens besides loopback: private networks of RFC 1918 and RFC 4193, and
+# carrier-grade NAT. Other non-global ranges (unspecified, multicast, documentation, reserved) stay shut.
+PRIVATE_NETWORKS = [
+    ipaddress.ip_network(network)
+    for network in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+]
 # Metadata services outside the link-local ranges: Alibaba Cloud's, and AWS's IPv6 one.
 METADATA_ADDRESSES = {ipaddress.ip_address("100.100.100.200"), ipaddress.ip_address("fd00:ec2::254")}
 
@@ -81,17 +87,17 @@ def refusal_reason(address, *, allow_private):
         return f"{address} is a cloud metadata address; webhooks are never sent there."
     if address.is_link_local:
         return f"{address} is a link-local address (where cloud metadata services live); webhooks are never sent there."
-    if address.is_unspecified or address.is_multicast or address.is_reserved:
-        return f"{address} is not an address webhooks can be sent to."
-    if address.is_global:
+    if address.is_global and not address.is_multicast:
         return None
-    kind = "loopback" if address.is_loopback else "private-network"
-    if allow_private:
-        return None
-    return (
-        f"{address} is a {kind} address; the operator of this portal allows those only by setting "
-        "WEBHOOK_ALLOW_PRIVATE=true."
-    )
+    if address.is_loopback or any(address in network for network in PRIVATE_NETWORKS):
+        if allow_private:
+            return None
+        kind = "loopback" if address.is_loopback else "private-network"
+        return (
+            f"{address} is a {kind} address; the operator of this portal allows those only by setting "
+            "WEBHOOK_ALLOW_PRIVATE=true."
+        )
+    return f"{address} is not an address webhooks can be sent to."
 
 
 def resolve(host, port):
