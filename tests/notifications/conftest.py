@@ -6,9 +6,10 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from unittest import mock
 
 import pytest
-from django_tasks_db.management.commands.db_worker import Worker
+from django_tasks_db.management.commands import db_worker
 from standardwebhooks import Webhook
 
 from notifications import actions
@@ -68,7 +69,7 @@ class Receiver:
         self.locations = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     @property
@@ -109,8 +110,15 @@ def allow_private(settings):
 
 def run_worker():
     """django-tasks-db's worker, in this process, until no task is ready (the `db_worker --batch` loop,
-    without the signal handlers the command installs)."""
-    Worker(
+    without the signal handlers the command installs). Its connection housekeeping is left out: it
+    closes a connection that is inside a transaction, which here is the test's own. The worker as a
+    process, housekeeping and all, runs in test_concurrency.py."""
+    with mock.patch.object(db_worker, "close_old_connections", lambda: None):
+        _worker().run()
+
+
+def _worker():
+    return db_worker.Worker(
         queue_names=["default"],
         interval=0,
         batch=True,
@@ -119,7 +127,7 @@ def run_worker():
         max_tasks=None,
         worker_id="test-worker",
         excluded_queue_names=[],
-    ).run()
+    )
 
 
 @pytest.fixture
