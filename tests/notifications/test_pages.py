@@ -200,3 +200,19 @@ def test_send_again_is_refused_while_an_attempt_is_under_way(organization, owner
     WebhookDelivery.objects.filter(pk=delivery.pk).update(claimed_until=timezone.now() + timedelta(minutes=1))
     with pytest.raises(actions.Busy):
         actions.send_again(organization=organization, actor=owner, delivery_id=delivery.pk)
+
+
+def test_operators_see_events_and_deliveries_in_the_admin_site(client, delivery):
+    client.force_login(factories.UserFactory(is_staff=True, is_superuser=True))
+    for model in ("event", "endpoint", "webhookdelivery", "mail"):
+        assert client.get(f"/admin/notifications/{model}/").status_code == 200, model
+    page = client.get(f"/admin/notifications/endpoint/{delivery.endpoint.pk}/change/").content.decode()
+    assert delivery.endpoint.secret_encrypted not in page
+
+
+def test_the_webhooks_guide_documents_every_event():
+    from pathlib import Path
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "WEBHOOKS.md").read_text()
+    for event_type in (*EventType.SUBSCRIBABLE, EventType.TEST):
+        assert f"`{event_type}`" in guide and f'"type": "{event_type}"' in guide, event_type
