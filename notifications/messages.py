@@ -60,7 +60,11 @@ def describe(event):
         case EventType.QUOTA_REACHED:
             limit = LIMIT_WORDS.get(data.get("limit"), "licenses")
             figures = [("Quota", pool.get("quota")), ("Machine quota", pool.get("machine_quota"))]
-            figures += [(key.replace("_", " ").capitalize(), value) for key, value in data.get("figures", {}).items()]
+            figures += [
+                (key.replace("_", " ").capitalize(), value)
+                for key, value in data.get("figures", {}).items()
+                if key != "quota"  # shown with the pool's terms above
+            ]
             refused = data.get("refused", {})
             if refused.get("machine_id"):
                 figures.append(("Refused machine", refused["machine_id"]))
