@@ -44,6 +44,19 @@ def _describe(endpoint):
     return {"url": endpoint.url, "description": endpoint.description, "event_types": endpoint.event_types or "all"}
 
 
+def _audit(endpoint, action, *, actor, ip_address, before=None, after=None):
+    record(
+        organization=endpoint.organization,
+        actor=actor,
+        action=action,
+        target=endpoint,
+        target_label=endpoint.url,
+        before=before,
+        after=after,
+        ip_address=ip_address,
+    )
+
+
 @transaction.atomic
 def create_endpoint(
     *, organization: Organization, actor, url: str, description: str = "", event_types=(), ip_address=None
@@ -61,15 +74,7 @@ def create_endpoint(
     )
     endpoint.set_secret(secret)
     endpoint.save()
-    record(
-        organization=organization,
-        actor=actor,
-        action=Action.WEBHOOK_CREATED,
-        target=endpoint,
-        target_label=endpoint.url,
-        after=_describe(endpoint),
-        ip_address=ip_address,
-    )
+    _audit(endpoint, Action.WEBHOOK_CREATED, actor=actor, ip_address=ip_address, after=_describe(endpoint))
     return endpoint, secret
 
 
@@ -92,15 +97,13 @@ def update_endpoint(
     endpoint.url, endpoint.description, endpoint.event_types = url.strip(), description.strip(), _known(event_types)
     endpoint.save(update_fields=["url", "description", "event_types"])
     if before != _describe(endpoint):
-        record(
-            organization=organization,
+        _audit(
+            endpoint,
+            Action.WEBHOOK_CHANGED,
             actor=actor,
-            action=Action.WEBHOOK_CHANGED,
-            target=endpoint,
-            target_label=endpoint.url,
+            ip_address=ip_address,
             before=before,
             after=_describe(endpoint),
-            ip_address=ip_address,
         )
     return endpoint
 
@@ -113,14 +116,12 @@ def roll_secret(*, organization: Organization, actor, endpoint_id: int, ip_addre
     secret = signing.generate_secret()
     endpoint.set_secret(secret)
     endpoint.save(update_fields=["secret_encrypted", "previous_secret_encrypted", "previous_secret_expires_at"])
-    record(
-        organization=organization,
+    _audit(
+        endpoint,
+        Action.WEBHOOK_SECRET_ROLLED,
         actor=actor,
-        action=Action.WEBHOOK_SECRET_ROLLED,
-        target=endpoint,
-        target_label=endpoint.url,
-        after={"previous_secret_valid_until": endpoint.previous_secret_expires_at.isoformat()},
         ip_address=ip_address,
+        after={"previous_secret_valid_until": endpoint.previous_secret_expires_at.isoformat()},
     )
     return endpoint, secret
 
@@ -142,15 +143,7 @@ def set_enabled(*, organization: Organization, actor, endpoint_id: int, enabled:
 def delete_endpoint(*, organization: Organization, actor, endpoint_id: int, ip_address=None) -> None:
     _require_manager(organization, actor)
     endpoint = _locked(organization, endpoint_id)
-    record(
-        organization=organization,
-        actor=actor,
-        action=Action.WEBHOOK_DELETED,
-        target=endpoint,
-        target_label=endpoint.url,
-        before=_describe(endpoint),
-        ip_address=ip_address,
-    )
+    _audit(endpoint, Action.WEBHOOK_DELETED, actor=actor, ip_address=ip_address, before=_describe(endpoint))
     endpoint.delete()
 
 

@@ -17,7 +17,7 @@ def generate_event_id():
     return "evt_" + secrets.token_urlsafe(18)
 
 
-class EventQuerySet(models.QuerySet):
+class OrganizationQuerySet(models.QuerySet):
     def for_org(self, organization):
         return self.filter(organization=organization)
 
@@ -40,7 +40,7 @@ class Event(models.Model):
     # When a task was last asked to fan it out; housekeeping asks again only long after that.
     enqueued_at = models.DateTimeField(default=timezone.now)
 
-    objects = EventQuerySet.as_manager()
+    objects = OrganizationQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -69,10 +69,7 @@ class Event(models.Model):
         }
 
 
-class EndpointQuerySet(models.QuerySet):
-    def for_org(self, organization):
-        return self.filter(organization=organization)
-
+class EndpointQuerySet(OrganizationQuerySet):
     def enabled(self):
         return self.filter(disabled_at__isnull=True)
 
@@ -216,11 +213,6 @@ class Mail(Outgoing):
         return f"{self.subject} to {self.recipient}"
 
 
-class AlertPreferenceQuerySet(models.QuerySet):
-    def for_org(self, organization):
-        return self.filter(organization=organization)
-
-
 class AlertPreference(models.Model):
     """Which events one owner or admin is mailed about in one organization. Without a row the
     defaults apply (EventType.MAILED_BY_DEFAULT, one mail per event)."""
@@ -231,7 +223,7 @@ class AlertPreference(models.Model):
     daily_digest = models.BooleanField(default=False, help_text="One mail a day with the day's events instead.")
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = AlertPreferenceQuerySet.as_manager()
+    objects = OrganizationQuerySet.as_manager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["organization", "user"], name="one_alert_preference")]
