@@ -14,7 +14,7 @@ from django.db.models import Count, Exists, F, OuterRef, Q
 from django.db.models.functions import Now
 from django_tasks_db.models import DBTaskResult
 
-from licenses.models import LicensePool, OfflineLicense, Product
+from licenses.models import LicensedUser, LicensePool, OfflineLicense, Product
 from licenses.usage import DAILY, Period, peak_by_bucket
 from organizations.models import MANAGER_ROLES, Membership
 from sessions_app.actions import iso
@@ -138,12 +138,7 @@ def quota_warnings(now):
     (plus offline licenses), which is what each quota limits."""
     today = _midnight(now)
     day = today.date().isoformat()
-    pools = {
-        pool.pk: pool
-        for pool in LicensePool.objects.filter(quota__gt=0, starts_at__lte=now, expires_at__gt=now).select_related(
-            "organization"
-        )
-    }
+    pools = {pool.pk: pool for pool in LicensePool.objects.filter(quota__gt=0, starts_at__lte=now, expires_at__gt=now)}
     keys = {pk: f"pool {pk} {day}" for pk in pools}
     warned = set(
         Event.objects.filter(type=EventType.QUOTA_WARNING, dedupe_key__in=keys.values()).values_list(
@@ -151,26 +146,26 @@ def quota_warnings(now):
         )
     )
     pools = {pk: pool for pk, pool in pools.items() if keys[pk] not in warned}
+    offline = _count_per_pool(OfflineLicense.objects.unexpired(), pools)
+    licensed_users = _count_per_pool(LicensedUser.objects.active(), pools)
     # Sessions that overlapped today bound the day's peak from above: one query rules out most pools
     # before any peak is computed.
-    overlapping = dict(
-        EngineSession.objects.filter(pool__in=pools, started_at__lt=now)
-        .filter(Q(ended_at__gt=today) | Q(ended_at__isnull=True, lease_expires_at__gt=today))
-        .values("pool")
-        .annotate(n=Count("pk"))
-        .values_list("pool", "n")
+    overlapping = _count_per_pool(
+        EngineSession.objects.filter(started_at__lt=now).filter(
+            Q(ended_at__gt=today) | Q(ended_at__isnull=True, lease_expires_at__gt=today)
+        ),
+        pools,
     )
     new_events = []
     for pk, pool in sorted(pools.items()):
         threshold = math.ceil(pool.quota * QUOTA_WARNING_PERCENT / 100)
-        usage = pool.usage()
         if pool.product == Product.KSE:
-            peak = usage.licensed_users + usage.unexpired_offline
-        elif overlapping.get(pk, 0) + usage.unexpired_offline < threshold or now <= today:
+            peak = licensed_users.get(pk, 0) + offline.get(pk, 0)
+        elif overlapping.get(pk, 0) + offline.get(pk, 0) < threshold or now <= today:
             continue
         else:
             buckets = peak_by_bucket(pool=pool, period=Period(today, now, DAILY, "today"), now=now)
-            peak = buckets[0].peak + usage.unexpired_offline
+            peak = buckets[0].peak + offline.get(pk, 0)
         if peak < threshold:
             continue
         new_events.append(
@@ -188,6 +183,11 @@ def quota_warnings(now):
             )
         )
     return new_events
+
+
+def _count_per_pool(queryset, pools):
+    rows = queryset.filter(pool__in=list(pools)).values("pool").annotate(n=Count("pk")).values_list("pool", "n")
+    return dict(rows.order_by())
 
 
 def make_digests(now):

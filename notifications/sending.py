@@ -99,19 +99,26 @@ def _deliveries(organization, events, now):
 
 def _alert_mails(organization, events, now):
     recipients = alert_recipients(organization)
-    return [
-        new_mail(
-            organization=organization,
-            recipient=user,
-            kind=MailKind.ALERT,
-            dedupe_key=f"alert {event.pk} {user.pk}",
-            rendered=messages.alert(event),
-            now=now,
-        )
-        for event in events
-        for user, preference in recipients
-        if preference.wants(event.type) and not preference.daily_digest
-    ]
+    mails = []
+    for event in events:
+        wanting = [
+            user for user, preference in recipients if preference.wants(event.type) and not preference.daily_digest
+        ]
+        if not wanting:
+            continue
+        rendered = messages.alert(event)
+        mails += [
+            new_mail(
+                organization=organization,
+                recipient=user,
+                kind=MailKind.ALERT,
+                dedupe_key=f"alert {event.pk} {user.pk}",
+                rendered=rendered,
+                now=now,
+            )
+            for user in wanting
+        ]
+    return mails
 
 
 def alert_recipients(organization):
@@ -171,7 +178,7 @@ class Outcome:
     error: str = ""
 
 
-def _claim(model, pk):
+def _claim(model, pk, *related):
     """Take the row for one attempt, or None when it is not due, finished, or in another worker's hands."""
     now = timezone.now()
     claimed = (
@@ -179,7 +186,7 @@ def _claim(model, pk):
         .filter(pk=pk)
         .update(claimed_until=now + CLAIM_DURATION, attempts=F("attempts") + 1, last_attempt_at=now)
     )
-    return model.objects.get(pk=pk) if claimed else None
+    return model.objects.select_related(*related).get(pk=pk) if claimed else None
 
 
 def _settle(row, outcome, **fields):
@@ -200,7 +207,7 @@ def _settle(row, outcome, **fields):
 
 
 def attempt_webhook(delivery_id):
-    delivery = _claim(WebhookDelivery, delivery_id)
+    delivery = _claim(WebhookDelivery, delivery_id, "event__organization", "endpoint")
     if delivery is None:
         return
     event, endpoint = delivery.event, delivery.endpoint
@@ -291,7 +298,7 @@ def disable_if_failing(endpoint_id, *, now):
 
 
 def attempt_mail(mail_id):
-    mail = _claim(Mail, mail_id)
+    mail = _claim(Mail, mail_id, "recipient")
     if mail is None:
         return
     recipient = mail.recipient
