@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from organizations.audit import Action, record, record_each
 from organizations.models import MANAGER_ROLES, Membership, Organization, User
-from sessions_app.models import EndReason, EngineSession, Machine
+from sessions_app.models import EndReason, EngineSession, Machine, QueueTicket, TicketOutcome
 
 from . import signing
 from .errors import (
@@ -26,6 +26,7 @@ from .errors import (
     SeatQuotaExceeded,
     SessionNotFound,
     SessionQuotaExceeded,
+    TicketNotFound,
 )
 from .models import (
     DEFAULT_LEASE_SECONDS,
@@ -337,6 +338,32 @@ def withdraw_session(
         target=session,
         target_label=f"{session.public_id} on {session.machine.machine_id} ({pool.product})",
         after={"reason": EndReason.WITHDRAWN},
+        ip_address=ip_address,
+    )
+    return True
+
+
+@transaction.atomic
+def remove_ticket(
+    *, organization: Organization, ticket: QueueTicket, actor: User | None, ip_address: str | None = None
+) -> bool:
+    """An admin takes a waiting engine out of the pool's line (its next poll answers 404); the
+    tickets behind it move up at once. Under the pool's lock, so it cannot cross a poll that is
+    granting the ticket a license. Returns False when the ticket was no longer waiting."""
+    pool = _lock_pool(ticket.pool_id)
+    if pool.organization_id != organization.pk:
+        raise TicketNotFound("That ticket is not in a line of this organization.")
+    _refuse_unless_manager(pool, actor)
+    if not QueueTicket.objects.filter(pk=ticket.pk).waiting().end(TicketOutcome.REMOVED):
+        return False
+    record(
+        organization=organization,
+        actor=actor,
+        action=Action.QUEUE_TICKET_REMOVED,
+        target=ticket,
+        target_label=f"{ticket.machine_id} of {ticket.user.email} ({pool.product})",
+        before={"status": "waiting", "joined_at": ticket.joined_at.isoformat()},
+        after={"status": "removed"},
         ip_address=ip_address,
     )
     return True

@@ -31,6 +31,7 @@ class Action:
     LICENSE_REVOKED = "license.revoked"
     SESSION_ENDED = "session.ended"
     MACHINE_DEACTIVATED = "machine.deactivated"
+    QUEUE_TICKET_REMOVED = "queue_ticket.removed"
     OFFLINE_LICENSE_CREATED = "offline_license.created"
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"
@@ -55,6 +56,7 @@ class Action:
         LICENSE_REVOKED: "Withdrew a license",
         SESSION_ENDED: "Ended a session",
         MACHINE_DEACTIVATED: "Deactivated a machine",
+        QUEUE_TICKET_REMOVED: "Removed an engine from the line",
         OFFLINE_LICENSE_CREATED: "Created an offline license",
         API_KEY_CREATED: "Created an API key",
         API_KEY_REVOKED: "Revoked an API key",

@@ -5,7 +5,8 @@ from sessions_app import actions
 
 class Command(BaseCommand):
     help = (
-        "End sessions whose lease ran out and deregister machines past their pool's idle limit. "
+        "End sessions whose lease ran out, deregister machines past their pool's idle limit and mark queue "
+        "tickets whose engines stopped polling. "
         "Safe to run from cron every minute on any number of hosts at once."
     )
 
@@ -14,5 +15,6 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Expired {done.sessions_expired} sessions, deregistered {done.machines_deregistered} idle machines, "
             f"deleted {done.idempotency_records_deleted} idempotency records and "
-            f"{done.rate_limit_counters_deleted} rate-limit counters."
+            f"{done.rate_limit_counters_deleted} rate-limit counters, "
+            f"marked {done.queue_tickets_lapsed} queue tickets whose engines stopped polling."
         )
