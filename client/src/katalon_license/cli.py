@@ -166,8 +166,7 @@ def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """The client's own arguments, and the command after `--` for run."""
     if "--" in argv:
         at = argv.index("--")
-        if "run" in argv[:at]:
-            return argv[:at], argv[at + 1 :]
+        return argv[:at], argv[at + 1 :]
     return argv, None
 
 

@@ -76,9 +76,18 @@ class PortalRefusal(ClientError):
         exit_code = EXIT_CODES.get(code)
         if exit_code is None:
             exit_code = EXIT_CODES_BY_STATUS.get(status, EX_TEMPFAIL if status >= 500 else EX_PROTOCOL)
-        super().__init__(message, code=code, exit_code=exit_code)
         self.status = status
         self.details = details or {}
+        super().__init__(message + self._hint(code), code=code, exit_code=exit_code)
+
+    def _hint(self, code: str) -> str:
+        choices = self.details.get("organizations") if code == "organization_required" else None
+        if not isinstance(choices, list):
+            return ""
+        named = ", ".join(
+            f"{choice.get('id')} ({choice.get('name')})" for choice in choices[:20] if isinstance(choice, dict)
+        )
+        return f" Choose one with --org: {named}." if named else ""
 
 
 class PortalUnreachable(ClientError):

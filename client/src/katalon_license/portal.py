@@ -25,6 +25,7 @@ from http.client import HTTPException
 from typing import Any, Callable
 
 from . import __version__
+from .durations import format_duration
 from .errors import PortalRefusal, PortalUnreachable, UnexpectedResponse, UsageError
 
 API_PREFIX = "/api/v1/"
@@ -225,7 +226,7 @@ class Portal:
         if isinstance(error, dict) and isinstance(error.get("code"), str):
             code, message = error["code"], str(error.get("message") or "")
             if status in TRANSIENT_STATUSES or code in TRANSIENT_CODES:
-                raise Transient(f"{status} {code}: {message}", retry_after)
+                raise Transient(f"{status} {code}: {message.rstrip('.')}", retry_after)
             details = error.get("details") if isinstance(error.get("details"), dict) else {}
             raise PortalRefusal(status, code, message, details)
         if status in TRANSIENT_STATUSES:
@@ -256,13 +257,19 @@ class Portal:
             try:
                 return self.send(method, path, body, idempotency_key=idempotency_key, **options)
             except Transient as failure:
+                remaining = backoff.remaining()
                 delay = backoff.next_delay(failure.retry_after)
                 if delay is None:
-                    raise PortalUnreachable(
-                        f"{failure.reason}; gave up on {what} after {budget:g}s of retrying (--connect-timeout)"
-                    ) from None
+                    if failure.retry_after is not None and failure.retry_after > remaining > 0:
+                        why = (
+                            f"it asks for a retry in {format_duration(failure.retry_after)}, beyond the "
+                            f"{format_duration(budget)} --connect-timeout"
+                        )
+                    else:
+                        why = f"gave up on {what} after {format_duration(budget)} of retrying (--connect-timeout)"
+                    raise PortalUnreachable(f"{failure.reason}; {why}") from None
                 if notify is not None:
-                    notify(f"{failure.reason}; retrying in {delay:.0f}s")
+                    notify(f"{failure.reason}; retrying in {format_duration(delay)}")
                 sleep(delay)
 
 
