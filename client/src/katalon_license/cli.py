@@ -75,23 +75,38 @@ def matching(pattern: re.Pattern, what: str):
     return parse
 
 
-def build_parser() -> Parser:
-    common = Parser(add_help=False)
-    connection = common.add_argument_group("portal")
-    connection.add_argument("--url", help="the portal's address (default: $KATALON_ADMIN_URL)")
+def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options every command takes, before the command or after it. After it they are
+    SUPPRESSed when absent, so they do not undo the same option given before it."""
+
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+
+    connection = parser.add_argument_group("portal")
+    connection.add_argument("--url", default=default(None), help="the portal's address (default: $KATALON_ADMIN_URL)")
     connection.add_argument(
         "--api-key",
+        default=default(None),
         help="your API key (default: $KATALON_API_KEY, which is better: a flag shows in the process list)",
     )
     connection.add_argument(
         "--connect-timeout",
         type=duration(0, 86_400),
-        default=DEFAULT_CONNECT_TIMEOUT,
+        default=default(DEFAULT_CONNECT_TIMEOUT),
         metavar="DURATION",
         help="how long to keep retrying while the portal is unreachable or busy (default: 2m)",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="log each request (never the key)")
-    common.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default(False), help="log each request (never the key)"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="print only warnings and errors"
+    )
+
+
+def build_parser() -> Parser:
+    common = Parser(add_help=False)
+    add_common_options(common, suppress=True)
 
     licensing = Parser(add_help=False)
     options = licensing.add_argument_group("license")
@@ -124,6 +139,7 @@ def build_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_common_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
 

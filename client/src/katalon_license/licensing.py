@@ -45,9 +45,8 @@ class ActivationRequest:
     release_previous: bool = False
     ephemeral: bool = False
 
-    def body(self, *, max_wait_seconds: int | None = None, ticket: str | None = None) -> dict:
-        """The activate request; with `max_wait_seconds` a request to wait in the queue, with
-        `ticket` a poll of a ticket already held (the contract: the same request plus the ticket)."""
+    def body(self, *, max_wait_seconds: int | None = None) -> dict:
+        """The activate request; with `max_wait_seconds` a request to wait in the pool's queue."""
         body: dict = {"product": self.product, "machine_id": self.machine_id}
         if self.org_id:
             body["org_id"] = self.org_id
@@ -60,8 +59,6 @@ class ActivationRequest:
         if max_wait_seconds is not None:
             body["queue"] = True
             body["max_wait_seconds"] = max(1, min(MAX_WAIT_SECONDS, max_wait_seconds))
-        if ticket is not None:
-            body["ticket"] = ticket
         return body
 
 
@@ -222,9 +219,9 @@ class Licensing:
         give_up_at = started + wait
         unqueued_delay = UNQUEUED_RETRY_INITIAL
         while True:
-            remaining = give_up_at - self.clock()
+            join = request.body(max_wait_seconds=math.ceil(max(1.0, give_up_at - self.clock())))
             try:
-                response = self._post(request.body(max_wait_seconds=math.ceil(max(1.0, remaining))))
+                response = self._post(join)
             except PortalRefusal as refusal:
                 if refusal.code != "session_quota_exceeded":
                     raise
@@ -243,16 +240,15 @@ class Licensing:
                 continue
             if response.status != 202:
                 return License.from_response(response)
-            granted = self._wait_in_line(request, QueuePlace.from_response(response), started, give_up_at)
+            granted = self._wait_in_line(join, QueuePlace.from_response(response), started, give_up_at)
             if granted is not None:
                 return granted
             # The ticket lapsed because this engine could not poll in time: join the line again.
 
-    def _wait_in_line(
-        self, request: ActivationRequest, place: QueuePlace, started: float, give_up_at: float
-    ) -> License | None:
-        """Poll the ticket until the license is granted. None when the ticket lapsed because this
-        engine polled too late (the caller joins again); an error for everything else."""
+    def _wait_in_line(self, join: dict, place: QueuePlace, started: float, give_up_at: float) -> License | None:
+        """Poll the ticket (the contract: the same request again, plus the ticket) until the license
+        is granted. None when the ticket lapsed because this engine polled too late (the caller joins
+        again); an error for everything else."""
         self._report_place(place, started, None)
         last_report = self.clock()
         shown = place
@@ -265,9 +261,7 @@ class Licensing:
             self.sleep(place.retry_after_seconds + jitter * self.rng())
             polled_late = self.clock() > place.poll_deadline
             try:
-                response = self._post(
-                    request.body(max_wait_seconds=math.ceil(max(1.0, give_up_at - self.clock())), ticket=place.ticket)
-                )
+                response = self._post({**join, "ticket": place.ticket})
             except PortalRefusal as refusal:
                 if refusal.code == "session_quota_exceeded":
                     raise self._wait_over(refusal.message, started) from None

@@ -194,11 +194,15 @@ class Portal:
 
     def _connection_failure(self, reason: Any) -> Exception:
         where = self.shown_url
+        # Retrying makes neither a certificate trusted nor a plain-http server speak TLS.
         if isinstance(reason, ssl.SSLCertVerificationError):
-            # Retrying will not make a certificate trusted.
-            return PortalUnreachable(
+            return UnexpectedResponse(
                 f"the TLS certificate of {where} could not be verified ({reason.verify_message}); "
                 "point SSL_CERT_FILE at the CA bundle that signed it"
+            )
+        if isinstance(reason, ssl.SSLError) and not isinstance(reason, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return UnexpectedResponse(
+                f"TLS with {where} failed ({reason.reason or reason}); does the portal serve https at this address?"
             )
         if isinstance(reason, socket.gaierror):
             return Transient(f"cannot resolve the host of {where}")
@@ -269,8 +273,12 @@ class Portal:
                         why = f"gave up on {what} after {format_duration(budget)} of retrying (--connect-timeout)"
                     raise PortalUnreachable(f"{failure.reason}; {why}") from None
                 if notify is not None:
-                    notify(f"{failure.reason}; retrying in {format_duration(delay)}")
+                    notify(f"{failure.reason}; retrying in {_seconds(delay)}")
                 sleep(delay)
+
+
+def _seconds(delay: float) -> str:
+    return f"{delay:.1f}s" if delay < 10 else format_duration(delay)
 
 
 def _json(raw: bytes) -> Any:
