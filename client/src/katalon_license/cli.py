@@ -18,7 +18,7 @@ from .durations import format_duration, parse_duration
 from .errors import EX_SOFTWARE, EX_UNAVAILABLE, ClientError, Interrupted, UsageError
 from .licensing import MAX_WAIT_SECONDS, SESSION_ID, ActivationRequest, Licensing
 from .machine import MACHINE_ID, default_machine_id
-from .offline import verify
+from .offline import require_cryptography, verify
 from .output import Output
 from .portal import Portal, display_url
 from .runner import RunOptions, SignalCatcher, run, take_license
@@ -37,7 +37,7 @@ back however the command ends. Configure it with KATALON_ADMIN_URL and KATALON_A
 EPILOG = """\
 exit codes: run exits with the command's own code; otherwise 0 ok, 64 bad usage or request,
 65 offline license does not verify, 69 no license (quota, wait over, license lost with
---stop-on-loss), 75 portal unreachable for --connect-timeout, 76 not the portal's API,
+--stop-on-loss), 75 portal unreachable for --connect-timeout, 76 not the portal's API or TLS failed,
 77 API key refused or not licensed, 78 missing dependency, 126/127 command not runnable/found."""
 
 
@@ -250,11 +250,8 @@ def activation_request(args) -> ActivationRequest:
     )
 
 
-def make_licensing(args, output: Output, sleep=None) -> Licensing:
-    licensing = Licensing(make_portal(args, output), connect_timeout=args.connect_timeout, notify=output.info)
-    if sleep is not None:
-        licensing.sleep = sleep
-    return licensing
+def make_licensing(args, output: Output) -> Licensing:
+    return Licensing(make_portal(args, output), connect_timeout=args.connect_timeout, notify=output.info)
 
 
 def command_run(args, command: list[str], output: Output) -> int:
@@ -296,6 +293,7 @@ def command_organizations(args, output: Output) -> int:
 
 
 def command_verify_offline(args, output: Output) -> int:
+    require_cryptography()
     try:
         text = args.file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

@@ -331,10 +331,12 @@ class Heartbeat(threading.Thread):
         self.lease_deadline = license.lease_deadline
         self._stopping = threading.Event()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 5.0) -> None:
+        """Stop renewing. Waits a little for a renewal in flight; one that hangs on an unresponsive
+        portal is left to its timeout, since the run is over and its license about to be released."""
         self._stopping.set()
         if self.is_alive() and threading.current_thread() is not self:
-            self.join()
+            self.join(wait)
 
     def _sleep(self, seconds: float) -> None:
         if self._stopping.wait(seconds):
@@ -373,6 +375,8 @@ class Heartbeat(threading.Thread):
             return
 
     def _lost(self, loss: Loss) -> None:
+        if self._stopping.is_set():
+            return  # the run ended meanwhile; its release says what there is to say
         self.loss = loss
         self.on_loss(loss)
 

@@ -26,15 +26,21 @@ class MissingCryptography(ClientError):
     code = "missing_dependency"
 
 
-def load_public_key(pem: bytes):
+def require_cryptography() -> None:
     try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        import cryptography.hazmat.primitives.asymmetric.ed25519  # noqa: F401
     except ImportError:
         raise MissingCryptography(
             "verify-offline needs the 'cryptography' package to check Ed25519 signatures: "
             "pip install cryptography (or install the client as katalon-license[verify])"
         ) from None
+
+
+def load_public_key(pem: bytes):
+    require_cryptography()
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as error:

@@ -204,7 +204,7 @@ def _run_licensed(
     heartbeat = Heartbeat(
         licensing,
         granted,
-        on_loss=_on_loss(granted, child, options, output),
+        on_loss=_on_loss(child, options, output),
         on_renew=lambda response: output.debug(
             f"heartbeat: lease of {granted.session_id} runs until {response.body['session']['lease_expires_at']}"
         ),
@@ -224,7 +224,7 @@ def _run_licensed(
     return exit_status(returncode)
 
 
-def _on_loss(granted: License, child: subprocess.Popen, options: RunOptions, output: Output) -> Callable[[Loss], None]:
+def _on_loss(child: subprocess.Popen, options: RunOptions, output: Output) -> Callable[[Loss], None]:
     def on_loss(loss: Loss) -> None:
         output.error(f"license lost: {loss.code}: {loss.message} (reason: {loss.reason})")
         if not options.stop_on_loss:
