@@ -179,25 +179,20 @@ class Licensing:
         return self._wait_for_license(request, wait)
 
     def heartbeat(self, session_id: str, *, budget: float, sleep: Sleep | None = None) -> Response:
-        return self.portal.call(
-            "POST",
-            f"engine/sessions/{session_id}/heartbeat",
-            {},
-            budget=budget,
-            sleep=sleep or self.sleep,
-            notify=self.notify,
-            what="the heartbeat",
-        )
+        return self._session_call("heartbeat", session_id, budget, sleep)
 
     def release(self, session_id: str, *, budget: float, sleep: Sleep | None = None) -> Response:
+        return self._session_call("release", session_id, budget, sleep)
+
+    def _session_call(self, action: str, session_id: str, budget: float, sleep: Sleep | None) -> Response:
         return self.portal.call(
             "POST",
-            f"engine/sessions/{session_id}/release",
+            f"engine/sessions/{session_id}/{action}",
             {},
             budget=budget,
             sleep=sleep or self.sleep,
             notify=self.notify,
-            what="the release",
+            what=f"the {action}",
         )
 
     def _post(self, body: dict) -> Response:
