@@ -106,7 +106,34 @@ def _choose_pool(*, api_key, user, product, org_id):
     raise errors.NoLicensePool(f"None of your organizations has {Product(product).label} licenses.")
 
 
-def _activate_locked(*, api_key, user, product, machine_id, org_id, release_previous, **request):
+@dataclass(frozen=True)
+class _Engine:
+    """Who asks for a license and on which machine: what a session (or a ticket) is made of."""
+
+    user: object
+    machine_id: str
+    hostname: str
+    engine_version: str
+    ephemeral: bool
+
+
+def _activate_locked(
+    *,
+    api_key,
+    user,
+    product,
+    machine_id,
+    org_id,
+    hostname,
+    engine_version,
+    release_previous,
+    ephemeral,
+    queue,
+    ticket,
+    max_wait_seconds,
+    on_granted,
+    on_queued,
+):
     chosen = _choose_pool(api_key=api_key, user=user, product=product, org_id=org_id)
     previous = None
     if release_previous:
@@ -116,6 +143,7 @@ def _activate_locked(*, api_key, user, product, machine_id, org_id, release_prev
         if api_key is not None and api_key.organization_id is not None:
             # A key restricted to one organization acts in no other, here as in heartbeat and release.
             previous = previous.filter(pool__organization_id=api_key.organization_id)
+    engine = _Engine(user, machine_id, hostname, engine_version, ephemeral)
     with transaction.atomic():
         pool, locked_pool_ids = _lock_pools(chosen.pk, ending=previous)
         _refuse_unless_may_activate(pool, user=user, product=product, machine_id=machine_id)
@@ -123,8 +151,17 @@ def _activate_locked(*, api_key, user, product, machine_id, org_id, release_prev
             # Only in pools this transaction holds; a session another pool gained since the lock
             # statement read them is as if it came after this activation.
             previous.filter(pool_id__in=locked_pool_ids).end(EndReason.RELEASED)
-        activate_in_pool = _activate_kse if product == Product.KSE else _activate_re
-        return activate_in_pool(pool, user=user, machine_id=machine_id, **request)
+        if product == Product.KSE:
+            return _activate_kse(pool, engine, ticket=ticket, on_granted=on_granted)
+        return _activate_re(
+            pool,
+            engine,
+            queue=queue,
+            ticket=ticket,
+            max_wait_seconds=max_wait_seconds,
+            on_granted=on_granted,
+            on_queued=on_queued,
+        )
 
 
 def _refuse_unless_may_activate(pool, *, user, product, machine_id):
@@ -151,7 +188,7 @@ def _refuse_unless_may_activate(pool, *, user, product, machine_id):
         )
 
 
-def _activate_kse(pool, *, user, machine_id, hostname, engine_version, ephemeral, ticket, on_granted, **_queue_options):
+def _activate_kse(pool, engine, *, ticket, on_granted):
     # KSE never queues (a licensed user is never refused for quota): `queue` is ignored, and no KSE
     # ticket exists to poll.
     if ticket is not None:
@@ -159,48 +196,25 @@ def _activate_kse(pool, *, user, machine_id, hostname, engine_version, ephemeral
             f"Ticket {ticket} is not waiting in any line: Katalon Studio Enterprise licenses are never queued.",
             details={"ticket": ticket},
         )
-    machine = pool.machines.registered().filter(machine_id=machine_id).first()
-    _end_earlier_kse_session(pool, user, machine)
+    machine = pool.machines.registered().filter(machine_id=engine.machine_id).first()
+    _end_earlier_kse_session(pool, engine.user, machine)
     # The KSE quota counts licensed users (and offline licenses), never sessions: granting keeps
     # those within it, so a licensed user is never refused here for quota.
     licenses_used = pool.licensed_users.active().count() + pool.offline_licenses.unexpired().count()
-    registered = _refuse_unless_machine_slot(pool, machine_id) if machine is None else None
-    activation = _grant(
-        pool,
-        user=user,
-        machine_id=machine_id,
-        machine=machine,
-        registered=registered,
-        hostname=hostname,
-        engine_version=engine_version,
-        ephemeral=ephemeral,
-        licenses_used=licenses_used,
-    )
+    registered = _refuse_unless_machine_slot(pool, engine.machine_id) if machine is None else None
+    activation = _grant(pool, engine, machine=machine, registered=registered, licenses_used=licenses_used)
     if on_granted is not None:
         on_granted(activation)
     return activation
 
 
-def _activate_re(
-    pool,
-    *,
-    user,
-    machine_id,
-    hostname,
-    engine_version,
-    ephemeral,
-    queue: bool,
-    ticket,
-    max_wait_seconds,
-    on_granted,
-    on_queued,
-):
+def _activate_re(pool, engine, *, queue, ticket, max_wait_seconds, on_granted, on_queued):
     """RE: the session quota, and the line (queue.py) when engines wait or this one asks to."""
     counts = queue_rules.count_pool(pool)
     waiting_ticket = None
     if ticket is not None:
         waiting_ticket = queue_rules.ticket_for_poll(
-            pool, user=user, machine_id=machine_id, ticket_id=ticket, now=counts.now
+            pool, user=engine.user, machine_id=engine.machine_id, ticket_id=ticket, now=counts.now
         )
         if waiting_ticket.expires_at <= counts.now:
             raise queue_rules.wait_over(pool, waiting_ticket, counts)
@@ -209,28 +223,25 @@ def _activate_re(
         raise queue_rules.newcomer_refusal(pool, counts)
     # A request that would wait checks the machine quota before the session quota (the contract):
     # nobody waits in line for a license they could not take when their turn came.
-    machine = pool.machines.registered().filter(machine_id=machine_id).first()
-    registered = _refuse_unless_machine_slot(pool, machine_id) if machine is None else None
+    machine = pool.machines.registered().filter(machine_id=engine.machine_id).first()
+    registered = _refuse_unless_machine_slot(pool, engine.machine_id) if machine is None else None
     if not may_take:
         if waiting_ticket is not None:
-            queued = queue_rules.keep_waiting(pool, counts, waiting_ticket, hostname=hostname)
+            queued = queue_rules.keep_waiting(pool, counts, waiting_ticket, hostname=engine.hostname)
         else:
             queued = queue_rules.join(
-                pool, counts, user=user, machine_id=machine_id, hostname=hostname, max_wait_seconds=max_wait_seconds
+                pool,
+                counts,
+                user=engine.user,
+                machine_id=engine.machine_id,
+                hostname=engine.hostname,
+                max_wait_seconds=max_wait_seconds,
             )
         if on_queued is not None:
             on_queued(queued)
         return queued
     activation = _grant(
-        pool,
-        user=user,
-        machine_id=machine_id,
-        machine=machine,
-        registered=registered,
-        hostname=hostname,
-        engine_version=engine_version,
-        ephemeral=ephemeral,
-        licenses_used=counts.live + counts.offline + 1,
+        pool, engine, machine=machine, registered=registered, licenses_used=counts.live + counts.offline + 1
     )
     if waiting_ticket is not None:
         queue_rules.granted(waiting_ticket, activation.session, counts.now)
@@ -258,34 +269,34 @@ def _refuse_unless_machine_slot(pool, machine_id):
     return registered
 
 
-def _grant(pool, *, user, machine_id, machine, registered, hostname, engine_version, ephemeral, licenses_used):
-    """The session, on the machine (registered now if `machine` is None; `registered` then counts
-    the pool's machines before it)."""
+def _grant(pool, engine, *, machine, registered, licenses_used):
+    """The engine's session, on its machine: registered now if `machine` is None (`registered` then
+    counts the pool's machines before it)."""
     now = pool.db_now
     if machine is None:
         machine = Machine.objects.create(
             pool=pool,
-            machine_id=machine_id,
-            hostname=hostname,
-            user=user,
-            ephemeral=ephemeral,
+            machine_id=engine.machine_id,
+            hostname=engine.hostname,
+            user=engine.user,
+            ephemeral=engine.ephemeral,
             registered_at=now,
             last_seen_at=now,
         )
         registered += 1
     else:
         Machine.objects.filter(pk=machine.pk).update(
-            hostname=hostname or machine.hostname, user=user, ephemeral=ephemeral, last_seen_at=now
+            hostname=engine.hostname or machine.hostname, user=engine.user, ephemeral=engine.ephemeral, last_seen_at=now
         )
-        machine.ephemeral = ephemeral
+        machine.ephemeral = engine.ephemeral
         registered = pool.machines.registered().count()
 
     session = EngineSession.objects.create(
         pool=pool,
         machine=machine,
-        user=user,
-        hostname=hostname,
-        engine_version=engine_version,
+        user=engine.user,
+        hostname=engine.hostname,
+        engine_version=engine.engine_version,
         started_at=now,
         last_heartbeat_at=now,
         lease_expires_at=now + timedelta(seconds=pool.lease_seconds),

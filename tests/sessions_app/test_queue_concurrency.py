@@ -8,15 +8,14 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Q
 from django.db.models.functions import Now
 from django.test import Client
 
-from licenses.models import LicensePool
 from sessions_app.models import EngineSession, QueueTicket
 from tests import factories
-from tests.concurrency import MAX_CONNECTIONS, run_together
+from tests.concurrency import MAX_CONNECTIONS, pool_lock_unavailable, run_together
 
 from .conftest import Engine
 
@@ -189,29 +188,8 @@ def test_a_poll_answered_503_does_not_move_its_deadline(member_user, organizatio
     fill(pool, 1)
     ticket = request(raw_key, machine_id="agent-1", queue=True)[1]["queued"]["ticket"]
     deadline = QueueTicket.objects.get().poll_before
-    locked, finished = threading.Event(), threading.Event()
-
-    def hold_the_pool_row():
-        try:
-            with transaction.atomic():
-                LicensePool.objects.select_for_update().get(pk=pool.pk)
-                locked.set()
-                finished.wait(10)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_the_pool_row)
-    holder.start()
-    locked.wait(10)
-    with connection.cursor() as cursor:
-        cursor.execute("SET lock_timeout = '200ms'")
-    try:
+    with pool_lock_unavailable(pool):
         response = Engine(Client(), raw_key).activate(machine_id="agent-1", queue=True, ticket=ticket)
-    finally:
-        finished.set()
-        holder.join()
-        with connection.cursor() as cursor:
-            cursor.execute("RESET lock_timeout")
     assert response.status_code == 503
     assert QueueTicket.objects.get().poll_before == deadline
     assert request(raw_key, machine_id="agent-1", queue=True, ticket=ticket)[0] == 202
