@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.db.models import F
 from django.db.models.functions import Now
 from django.test import override_settings
+from django.utils import timezone
 
 from licenses.actions import remove_ticket
 from organizations.audit import Action
@@ -479,6 +480,32 @@ def test_the_poll_interval_grows_with_the_distance_from_the_head(position, quota
 
 
 # The hot path
+
+
+def test_the_pool_figures_statement_counts_what_the_querysets_count(re_pool, other_organization):
+    """count_pool's raw statement gives what live(), unexpired() and waiting() give, pool by pool."""
+    elsewhere = factories.LicensePoolFactory(organization=other_organization, product="RE")
+    past, future = timezone.now() - timedelta(seconds=5), timezone.now() + timedelta(minutes=5)
+    for pool, extra in ((re_pool, 0), (elsewhere, 1)):
+        factories.EngineSessionFactory.create_batch(2 + extra, pool=pool)
+        factories.EngineSessionFactory(pool=pool, lease_expires_at=past)
+        factories.EngineSessionFactory(pool=pool, ended_at=past, end_reason="released")
+        factories.OfflineLicenseFactory.create_batch(2 + extra, pool=pool)
+        factories.OfflineLicenseFactory(pool=pool, expires_at=past)
+        factories.QueueTicketFactory.create_batch(3 + extra, pool=pool)
+        factories.QueueTicketFactory(pool=pool, poll_before=past)
+        factories.QueueTicketFactory(pool=pool, expires_at=past)
+        factories.QueueTicketFactory(pool=pool, ended_at=past, outcome="granted", poll_before=future)
+    for pool, expected in ((re_pool, (2, 2, 3)), (elsewhere, (3, 3, 4))):
+        counts = queue_rules.count_pool(pool)
+        assert (counts.live, counts.offline, counts.waiting) == expected
+        assert expected == (
+            pool.sessions.live().count(),
+            pool.offline_licenses.unexpired().count(),
+            pool.queue_tickets.waiting().count(),
+        )
+        assert abs(counts.now - timezone.now()) < timedelta(seconds=5)
+        assert counts.now.tzinfo is not None
 
 
 def test_activation_with_nobody_waiting_costs_what_it_did(engine, re_pool, django_assert_num_queries):
