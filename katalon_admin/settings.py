@@ -79,6 +79,35 @@ else:
     # and take the write lock at BEGIN so a read-then-write transaction cannot deadlock.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
 
+# Django's cache framework holds the engine API's rate-limit counters (sessions_app.ratelimit), so
+# counting costs no database write. CACHE_URL=redis://… shares them between every process and host;
+# without it each process counts in its own memory and the limits apply per worker process.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+if "redis" in CACHES["default"]["BACKEND"].lower():
+    # Django's own Redis backend (with the `redis` package), whatever django-environ would pick. A cache
+    # that does not answer must cost a request little: the limiter then serves valid keys uncounted.
+    CACHES["default"]["BACKEND"] = "django.core.cache.backends.redis.RedisCache"
+    CACHES["default"].setdefault("OPTIONS", {})
+    CACHES["default"]["OPTIONS"].setdefault("socket_connect_timeout", 0.5)
+    CACHES["default"]["OPTIONS"].setdefault("socket_timeout", 0.5)
+
+
+def _limit(name, default):
+    value = env(name, default=str(default)).strip()
+    if not value.isdigit():
+        raise ImproperlyConfigured(
+            f"{name} must be 0 (off) or a positive number of requests per minute, not {value!r}."
+        )
+    return int(value)
+
+
+# Engine API limits, per minute (0 turns one off): requests per API key, and failed authentications
+# per client address. Requests with a valid key never count against their address.
+
+
+API_RATE_LIMIT = _limit("API_RATE_LIMIT", 12_000)
+API_AUTH_FAILURE_LIMIT = _limit("API_AUTH_FAILURE_LIMIT", 60)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "organizations.User"
 LOGIN_URL = "login"
