@@ -71,9 +71,15 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # The engine API is the hot path: keep connections open between requests, and check them
     # before use so a restarted database costs one failed check, not a 500.
-    DATABASES["default"]["CONN_MAX_AGE"] = 600
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 600)
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    # Behind PgBouncer in transaction pooling, DATABASE_URL ends in ?disable_server_side_cursors=true:
+    # a server-side cursor (QuerySet.iterator(), used by the CSV exports) must stay on one server
+    # connection across statements, which transaction pooling does not promise.
+    _disable_cursors = DATABASES["default"].get("DISABLE_SERVER_SIDE_CURSORS", False)
+    if isinstance(_disable_cursors, str):
+        DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = _disable_cursors.strip().lower() in ("true", "1", "yes", "on")
 else:
     # SQLite serialises writers; wait for the lock instead of failing with "database is locked",
     # and take the write lock at BEGIN so a read-then-write transaction cannot deadlock.
