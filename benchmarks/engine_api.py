@@ -340,6 +340,21 @@ def report(results, rounds, label):
         log(f"  429 answers: {statuses.get('429', 0)}; socket errors: {errors}")
 
 
+def report_sweep(results, rounds, label):
+    log(f"\n== gunicorn configurations, engine API only, {label}: medians of {rounds} rounds (min-max) ==")
+    log("   (N = N sync workers; NxT = N gthread workers of T threads)")
+    for scenario, by_spec in results.items():
+        unit = "cycles/s" if scenario.startswith("activation") else "heartbeats/s"
+        log(f"\n{scenario}")
+        log(f"  {'config':<10}{unit:>26}{'p50 ms':>22}{'p99 ms':>22}{'429s':>8}")
+        for spec, runs in by_spec.items():
+            too_many = sum(run["statuses"].get("429", 0) for run in runs)
+            log(
+                f"  {spec:<10}{fmt([r['per_second'] for r in runs]):>26}"
+                f"{fmt([r['p50_ms'] for r in runs], 1):>22}{fmt([r['p99_ms'] for r in runs], 1):>22}{too_many:>8}"
+            )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every scenario (3 to 10)")
@@ -351,6 +366,17 @@ def main():
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: gunicorn.conf.py's)")
     parser.add_argument("--worker-class", help="gunicorn worker class (default: gunicorn.conf.py's)")
     parser.add_argument("--threads", type=int, help="gunicorn threads per worker (gthread)")
+    parser.add_argument(
+        "--sweep",
+        type=lambda value: [spec for spec in value.split(",") if spec],
+        help="compare gunicorn configurations instead: e.g. 2,3,4,2x4 (workers, or workers x threads with gthread)",
+    )
+    parser.add_argument(
+        "--database-option",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a DATABASE_URL option for the server, e.g. conn_health_checks=False",
+    )
     parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
     arguments = parser.parse_args()
     rounds = max(1, min(arguments.rounds, 10))
@@ -389,43 +415,79 @@ def main():
             bouncer = stack.enter_context(PgBouncer(server_url))
             app_database_url = bouncer.url(database.name, disable_server_side_cursors="true")
             label += f", through PgBouncer (transaction pooling, pool size {bouncer.pool_size})"
-        server = stack.enter_context(
-            Gunicorn(app_database_url, directory, arguments.workers, arguments.worker_class, arguments.threads)
-        )
-        log(f"Serving at {server.url}: {' '.join(server.command[2:])}")
-        targets = {
-            "activation-orgs": ["api", "ref", "pg"],
-            "activation-pool": ["api", "ref", "pg"],
-            "heartbeat": ["api", "ref"],
-        }
-        # Warm up every worker's connection and code path; not measured.
-        for scenario in scenarios:
-            for target in ("api", "ref"):
-                run_wrk(
-                    server.url,
-                    data_files[scenario],
-                    scenario.split("-")[0].replace("activation", "cycle"),
-                    target,
-                    2,
-                    connections,
-                )
-        results = {scenario: {target: [] for target in targets[scenario]} for scenario in scenarios}
-        for round_number in range(1, rounds + 1):
-            log(f"Round {round_number} of {rounds}…")
-            for scenario in scenarios:
-                kind = "heartbeat" if scenario == "heartbeat" else "cycle"
-                for target in targets[scenario]:
-                    if target == "pg":
-                        figures = run_pgbench(database.url, data[scenario]["pgbench"], duration, connections, directory)
-                    else:
-                        figures = run_wrk(server.url, data_files[scenario], kind, target, duration, connections)
-                    results[scenario][target].append(figures)
-        report(results, rounds, label)
+        if arguments.database_option:
+            separator = "&" if "?" in app_database_url else "?"
+            app_database_url += separator + "&".join(arguments.database_option)
+            label += f", DATABASE_URL options {'&'.join(arguments.database_option)}"
+        run = Runner(data, data_files, directory, database.url, app_database_url, duration, connections)
+        if arguments.sweep:
+            results = run.sweep(arguments.sweep, scenarios, rounds)
+            report_sweep(results, rounds, label)
+        else:
+            server = stack.enter_context(
+                Gunicorn(app_database_url, directory, arguments.workers, arguments.worker_class, arguments.threads)
+            )
+            log(f"Serving at {server.url}: {' '.join(server.command[2:])}")
+            results = run.compare(server, scenarios, rounds)
+            report(results, rounds, label)
         log(f"\nMachine: {os.cpu_count()} CPUs; {platform_summary()}; run took {time.monotonic() - started:.0f} s")
         if arguments.json:
             arguments.json.write_text(
                 json.dumps({"label": label, "when": datetime.now(UTC).isoformat(), "results": results}, indent=1)
             )
+
+
+TARGETS = {
+    "activation-orgs": ["api", "ref", "pg"],
+    "activation-pool": ["api", "ref", "pg"],
+    "heartbeat": ["api", "ref"],
+}
+
+
+class Runner:
+    def __init__(self, data, data_files, directory, database_url, app_database_url, duration, connections):
+        self.data, self.data_files, self.directory = data, data_files, directory
+        self.database_url, self.app_database_url = database_url, app_database_url
+        self.duration, self.connections = duration, connections
+
+    def load(self, server, scenario, target, duration=None):
+        if target == "pg":
+            return run_pgbench(
+                self.database_url, self.data[scenario]["pgbench"], self.duration, self.connections, self.directory
+            )
+        kind = "heartbeat" if scenario == "heartbeat" else "cycle"
+        return run_wrk(server.url, self.data_files[scenario], kind, target, duration or self.duration, self.connections)
+
+    def warm_up(self, server, scenarios, targets):
+        """Open every worker's database connection and run every code path once; not measured."""
+        for scenario in scenarios:
+            for target in targets:
+                self.load(server, scenario, target, duration=2)
+
+    def compare(self, server, scenarios, rounds):
+        """The engine API beside the reference view and pgbench, scenario by scenario, round by round."""
+        self.warm_up(server, scenarios, ("api", "ref"))
+        results = {scenario: {target: [] for target in TARGETS[scenario]} for scenario in scenarios}
+        for round_number in range(1, rounds + 1):
+            log(f"Round {round_number} of {rounds}…")
+            for scenario in scenarios:
+                for target in TARGETS[scenario]:
+                    results[scenario][target].append(self.load(server, scenario, target))
+        return results
+
+    def sweep(self, specs, scenarios, rounds):
+        """The engine API under several gunicorn configurations, restarted in turn within each round."""
+        results = {scenario: {spec: [] for spec in specs} for scenario in scenarios}
+        for round_number in range(1, rounds + 1):
+            log(f"Round {round_number} of {rounds}…")
+            for spec in specs:
+                workers, _, threads = spec.partition("x")
+                worker_class = "gthread" if threads else None
+                with Gunicorn(self.app_database_url, self.directory, int(workers), worker_class, threads) as server:
+                    self.warm_up(server, scenarios, ("api",))
+                    for scenario in scenarios:
+                        results[scenario][spec].append(self.load(server, scenario, "api"))
+        return results
 
 
 def platform_summary():
