@@ -5,7 +5,7 @@ PostgreSQL, beside the same work through a minimal Django view and as plain SQL,
     .venv/bin/python benchmarks/engine_api.py --pgbouncer     # the server reaches PostgreSQL through PgBouncer
     .venv/bin/python benchmarks/engine_api.py --workers 3 --only activation-orgs --rounds 1
 
-Needs wrk and pgbench (Debian: apt-get install -y wrk postgresql-client) and PostgreSQL at the server
+Needs wrk and pgbench (Debian: apt-get install -y wrk postgresql, which brings pgbench) and PostgreSQL at the server
 of DATABASE_URL (default postgres://postgres@127.0.0.1:5432). It creates a throwaway database there,
 seeds it, serves the portal with gunicorn (the repository's gunicorn.conf.py, default rate limits)
 on a free loopback port, loads it with wrk at 16 connections, and removes the server, PgBouncer and
@@ -47,6 +47,7 @@ sys.path.insert(0, str(HERE))
 
 from pgbouncer_server import PgBouncer, free_port  # noqa: E402
 
+PY_SPY = str(Path(sys.executable).parent / "py-spy")
 SECRET_KEY = "benchmark-only-secret-key-long-enough-to-look-real-0123456789"
 SCENARIOS = ["activation-orgs", "activation-pool", "heartbeat"]
 ORGANIZATIONS = 100
@@ -342,15 +343,16 @@ def report(results, rounds, label):
 
 def report_sweep(results, rounds, label):
     log(f"\n== gunicorn configurations, engine API only, {label}: medians of {rounds} rounds (min-max) ==")
-    log("   (N = N sync workers; NxT = N gthread workers of T threads)")
+    log("   (N = N sync workers; NxT = N gthread workers of T threads; +NAME=VALUE = a DATABASE_URL option)")
     for scenario, by_spec in results.items():
         unit = "cycles/s" if scenario.startswith("activation") else "heartbeats/s"
         log(f"\n{scenario}")
-        log(f"  {'config':<10}{unit:>26}{'p50 ms':>22}{'p99 ms':>22}{'429s':>8}")
+        width = max(10, *(len(spec) + 2 for spec in by_spec))
+        log(f"  {'config':<{width}}{unit:>26}{'p50 ms':>22}{'p99 ms':>22}{'429s':>8}")
         for spec, runs in by_spec.items():
             too_many = sum(run["statuses"].get("429", 0) for run in runs)
             log(
-                f"  {spec:<10}{fmt([r['per_second'] for r in runs]):>26}"
+                f"  {spec:<{width}}{fmt([r['per_second'] for r in runs]):>26}"
                 f"{fmt([r['p50_ms'] for r in runs], 1):>22}{fmt([r['p99_ms'] for r in runs], 1):>22}{too_many:>8}"
             )
 
@@ -369,7 +371,8 @@ def main():
     parser.add_argument(
         "--sweep",
         type=lambda value: [spec for spec in value.split(",") if spec],
-        help="compare gunicorn configurations instead: e.g. 2,3,4,2x4 (workers, or workers x threads with gthread)",
+        help="compare server configurations instead: e.g. 2,4,2x4,2x4+conn_health_checks=False "
+        "(sync workers, or gthread workers x threads; +NAME=VALUE adds a DATABASE_URL option)",
     )
     parser.add_argument(
         "--database-option",
@@ -377,15 +380,26 @@ def main():
         metavar="NAME=VALUE",
         help="a DATABASE_URL option for the server, e.g. conn_health_checks=False",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="write py-spy flame graphs of the workers during the first round's engine API runs into DIR "
+        "(needs py-spy in .venv: .venv/bin/python -m pip install py-spy)",
+    )
     parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
     arguments = parser.parse_args()
     rounds = max(1, min(arguments.rounds, 10))
     duration = max(2, min(arguments.duration, 60))
     connections = max(1, min(arguments.connections, 20))  # the database server is shared
     scenarios = arguments.only or SCENARIOS
+    if arguments.profile:
+        if not Path(PY_SPY).exists():
+            parser.error(f"--profile needs py-spy: {sys.executable} -m pip install py-spy")
+        arguments.profile.mkdir(parents=True, exist_ok=True)
     for tool in ("wrk", "pgbench"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is needed: apt-get install -y wrk postgresql-client")
+            raise SystemExit(f"{tool} is needed: apt-get install -y wrk postgresql (pgbench)")
     if arguments.cache_url:
         host = urlsplit(arguments.cache_url).hostname
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -428,13 +442,39 @@ def main():
                 Gunicorn(app_database_url, directory, arguments.workers, arguments.worker_class, arguments.threads)
             )
             log(f"Serving at {server.url}: {' '.join(server.command[2:])}")
-            results = run.compare(server, scenarios, rounds)
+            results = run.compare(server, scenarios, rounds, arguments.profile)
             report(results, rounds, label)
         log(f"\nMachine: {os.cpu_count()} CPUs; {platform_summary()}; run took {time.monotonic() - started:.0f} s")
         if arguments.json:
             arguments.json.write_text(
                 json.dumps({"label": label, "when": datetime.now(UTC).isoformat(), "results": results}, indent=1)
             )
+
+
+@contextlib.contextmanager
+def profile(server, prefix, duration):
+    """py-spy flame graphs (SVG) of every gunicorn worker while the block runs, as PREFIX-PID.svg."""
+    if prefix is None:
+        yield
+        return
+    workers = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+    spies = [
+        subprocess.Popen(
+            [
+                *(PY_SPY, "record", "--pid", pid, "--duration", str(duration), "--rate", "250", "--nonblocking"),
+                *("--format", "flamegraph", "--output", f"{prefix}-{pid}.svg"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in workers
+    ]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.wait(timeout=duration + 30)
+        log(f"  profile: {prefix}-*.svg")
 
 
 TARGETS = {
@@ -464,15 +504,18 @@ class Runner:
             for target in targets:
                 self.load(server, scenario, target, duration=2)
 
-    def compare(self, server, scenarios, rounds):
-        """The engine API beside the reference view and pgbench, scenario by scenario, round by round."""
+    def compare(self, server, scenarios, rounds, profile_dir=None):
+        """The engine API beside the reference view and pgbench, scenario by scenario, round by round.
+        With `profile_dir`, py-spy samples every worker during the first round's engine API runs."""
         self.warm_up(server, scenarios, ("api", "ref"))
         results = {scenario: {target: [] for target in TARGETS[scenario]} for scenario in scenarios}
         for round_number in range(1, rounds + 1):
             log(f"Round {round_number} of {rounds}…")
             for scenario in scenarios:
                 for target in TARGETS[scenario]:
-                    results[scenario][target].append(self.load(server, scenario, target))
+                    profiling = profile_dir and round_number == 1 and target == "api"
+                    with profile(server, profile_dir / scenario if profiling else None, self.duration):
+                        results[scenario][target].append(self.load(server, scenario, target))
         return results
 
     def sweep(self, specs, scenarios, rounds):
@@ -481,9 +524,14 @@ class Runner:
         for round_number in range(1, rounds + 1):
             log(f"Round {round_number} of {rounds}…")
             for spec in specs:
-                workers, _, threads = spec.partition("x")
-                worker_class = "gthread" if threads else None
-                with Gunicorn(self.app_database_url, self.directory, int(workers), worker_class, threads) as server:
+                # WORKERS[xTHREADS][+DATABASE_URL option]...: e.g. 2, 2x4, 2x4+conn_health_checks=False
+                server_spec, *options = spec.split("+")
+                workers, _, threads = server_spec.partition("x")
+                worker_class = "gthread" if threads else "sync"
+                database_url = self.app_database_url
+                if options:
+                    database_url += ("&" if "?" in database_url else "?") + "&".join(options)
+                with Gunicorn(database_url, self.directory, int(workers), worker_class, threads) as server:
                     self.warm_up(server, scenarios, ("api",))
                     for scenario in scenarios:
                         results[scenario][spec].append(self.load(server, scenario, "api"))

@@ -78,8 +78,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # a server-side cursor (QuerySet.iterator(), used by the CSV exports) must stay on one server
     # connection across statements, which transaction pooling does not promise.
     _disable_cursors = DATABASES["default"].get("DISABLE_SERVER_SIDE_CURSORS", False)
-    if isinstance(_disable_cursors, str):
-        DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = _disable_cursors.strip().lower() in ("true", "1", "yes", "on")
+    if isinstance(_disable_cursors, str):  # django-environ leaves "true" a string
+        _disable_cursors = _disable_cursors.strip().lower() in {"true", "1", "yes", "on"}
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = bool(_disable_cursors)
 else:
     # SQLite serialises writers; wait for the lock instead of failing with "database is locked",
     # and take the write lock at BEGIN so a read-then-write transaction cannot deadlock.
