@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from organizations.audit import Action, record, record_each
@@ -46,9 +47,16 @@ class ProvisionResult:
 
 
 def _lock_pool(pool_id: int) -> LicensePool:
+    """The pool, locked, with the database's clock as `db_now`: every rule comparing with "now"
+    reads that clock, as activation does, so no web host's clock decides a license."""
     # of=("self",): without it PostgreSQL locks the joined organization row too, taking it after the
     # pool and deadlocking with remove_member, which takes the organization first.
-    return LicensePool.objects.select_for_update(of=("self",)).select_related("organization").get(pk=pool_id)
+    return (
+        LicensePool.objects.select_for_update(of=("self",))
+        .select_related("organization")
+        .annotate(db_now=Now())
+        .get(pk=pool_id)
+    )
 
 
 def _pool_terms(pool: LicensePool) -> dict:
@@ -94,8 +102,9 @@ def provision_pool(
     Arguments left as None keep a pool's current terms; a new pool gets the defaults: machine
     quota equal to the quota, starting now, running one year, 300-second leases, no machine idle
     limit. When changing, a machine quota that followed the quota keeps following it.
-    `machine_idle_days=0` removes the idle limit. Lowering the quota below what is in
-    use ends the newest live sessions with reason `quota_reduced`."""
+    `machine_idle_days=0` removes the idle limit. Lowering an RE quota below what is in use ends
+    the newest live sessions with reason `quota_reduced`. A KSE quota cannot go below its licensed
+    users plus unexpired offline licenses: SeatQuotaExceeded names how many to revoke first."""
     if product not in Product.values:
         raise InvalidRequest(
             f"Unknown product {product!r}: choose {' or '.join(Product.values)}.",
@@ -141,8 +150,22 @@ def provision_pool(
     )
     if errors:
         raise InvalidRequest(" ".join(errors.values()), details={"fields": {k: [v] for k, v in errors.items()}})
+    if not created and pool.product == Product.KSE:
+        # Counted under the pool's lock, so no grant slips in between this check and the save.
+        usage = pool.usage()
+        refusal = usage.kse_quota_refusal(pool.quota, organization)
+        if refusal:
+            raise SeatQuotaExceeded(
+                refusal,
+                details={
+                    "fields": {"quota": [refusal]},
+                    "licensed_users": usage.licensed_users,
+                    "unexpired_offline": usage.unexpired_offline,
+                },
+            )
     pool.save()
-    sessions_ended = 0 if created else _end_sessions_over_quota(pool)
+    # KSE never ends sessions for its quota: the quota counts licensed users, kept within it above.
+    sessions_ended = 0 if created or pool.product == Product.KSE else _end_sessions_over_quota(pool)
     record(
         organization=organization,
         actor=actor,
@@ -170,20 +193,44 @@ def _refuse_unless_manager(pool: LicensePool, actor: User | None) -> None:
 
 
 def _refuse_unless_in_force(pool: LicensePool) -> None:
-    if not pool.is_in_force():
-        when = "has not started yet" if timezone.now() < pool.starts_at else "has ended"
+    """`pool` comes from _lock_pool, with the database's clock."""
+    if not pool.is_in_force(pool.db_now):
+        when = "has not started yet" if pool.db_now < pool.starts_at else "has ended"
         raise LicenseExpired(
             f"The {pool.get_product_display()} subscription of {pool.organization} {when} "
             f"(it runs from {pool.starts_at:%Y-%m-%d} to {pool.expires_at:%Y-%m-%d})."
         )
 
 
-@transaction.atomic
 def grant_licenses(
     *, pool: LicensePool, users: Iterable[User], actor: User | None, ip_address: str | None = None
 ) -> list[LicensedUser]:
     """Make members licensed users of a KSE pool, all or none. Members who already hold a license
-    are left as they are (a repeated or concurrent grant is not an error); returns the new seats."""
+    are left as they are (a repeated or concurrent grant is not an error); returns the new seats.
+    A grant refused for the quota is audited: owners learn from it that they ran out."""
+    try:
+        return _grant_licenses(pool=pool, users=users, actor=actor, ip_address=ip_address)
+    except SeatQuotaExceeded as refusal:
+        _record_grant_refusal(pool, refusal, actor=actor, ip_address=ip_address)
+        raise
+
+
+@transaction.atomic
+def _record_grant_refusal(pool: LicensePool, refusal: SeatQuotaExceeded, *, actor, ip_address) -> None:
+    # The grant's own transaction has rolled back, so the refusal is written in one of its own.
+    record(
+        organization=pool.organization,
+        actor=actor,
+        action=Action.LICENSE_GRANT_REFUSED,
+        target=pool,
+        target_label=f"{pool.product} licenses",
+        after={"code": refusal.code, "message": refusal.message, "details": refusal.details},
+        ip_address=ip_address,
+    )
+
+
+@transaction.atomic
+def _grant_licenses(*, pool, users, actor, ip_address):
     pool = _lock_pool(pool.pk)
     _refuse_unless_manager(pool, actor)
     if pool.product != Product.KSE:
@@ -215,8 +262,8 @@ def grant_licenses(
                 f"Only {usage.available} of {pool.quota} licenses are available in {pool.organization}; "
                 f"you chose {len(new_users)} members."
             )
-        raise SeatQuotaExceeded(message, details={"quota": pool.quota, "used": usage.used})
-    now = timezone.now()
+        raise SeatQuotaExceeded(message, details={"quota": pool.quota, "used": usage.used, "requested": len(new_users)})
+    now = pool.db_now
     seats = LicensedUser.objects.bulk_create(
         [LicensedUser(pool=pool, user=user, granted_at=now, granted_by=actor) for user in new_users]
     )
@@ -243,7 +290,7 @@ def revoke_licenses(
     seats = list(pool.licensed_users.active().filter(user__in=user_ids).select_related("user"))
     if not seats:
         return []
-    now = timezone.now()
+    now = pool.db_now
     LicensedUser.objects.filter(pk__in=[seat.pk for seat in seats]).update(revoked_at=now, revoked_by=actor)
     EngineSession.objects.filter(pool=pool, user__in=[seat.user_id for seat in seats]).end(EndReason.WITHDRAWN)
     for seat in seats:
@@ -257,6 +304,17 @@ def revoke_licenses(
         ip_address=ip_address,
     )
     return seats
+
+
+def revoke_seats_of_removed_member(sender, *, organization: Organization, user: User, actor, now, **kwargs) -> dict:
+    """organizations.signals.member_removed: the person's KSE seats in that organization are
+    revoked. Their pools are locked first, in id order, as every activation locks its pool: no
+    session can start for them half-way through the removal."""
+    LicensePool.objects.for_org(organization).lock_in_order()
+    seats = (
+        LicensedUser.objects.active().for_org(organization).filter(user=user).update(revoked_at=now, revoked_by=actor)
+    )
+    return {"kse_seats_revoked": seats}
 
 
 @transaction.atomic
@@ -292,8 +350,10 @@ def deactivate_machine(*, machine: Machine, actor: User | None, ip_address: str 
     _refuse_unless_manager(pool, actor)
     if not Machine.objects.filter(pk=machine.pk).registered().exists():
         return False
-    sessions_ended = EngineSession.objects.filter(machine=machine).end(EndReason.MACHINE_DEACTIVATED)
+    # Deregistered before its sessions end: ending an ephemeral machine's last session would
+    # otherwise deregister it first, recording "ephemeral" instead of what happened.
     Machine.objects.filter(pk=machine.pk).deactivate("deactivated")
+    sessions_ended = EngineSession.objects.filter(machine=machine).end(EndReason.MACHINE_DEACTIVATED)
     record(
         organization=pool.organization,
         actor=actor,
@@ -320,7 +380,7 @@ def create_offline_license(
     pool = _lock_pool(pool.pk)
     _refuse_unless_manager(pool, actor)
     _refuse_unless_in_force(pool)
-    now = timezone.now()
+    now = pool.db_now
     if expires_at <= now:
         raise InvalidRequest(
             "An offline license must expire in the future.", details={"fields": {"expires_at": ["In the past."]}}

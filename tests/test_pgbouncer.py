@@ -24,6 +24,7 @@ THROUGH_PGBOUNCER = [
     "tests/sessions_app/test_concurrency.py",
     "tests/licenses/test_concurrency.py",
     "tests/organizations/test_concurrency.py",
+    "tests/notifications/test_concurrency.py",
     "tests/usage/test_usage_page.py",
     "tests/usage/test_audit_page.py",
     "tests/organizations/test_views.py",
