@@ -109,6 +109,14 @@ def _shared(operation):
         raise Unavailable from error
 
 
+def _increment_shared(key):
+    """Add one to `key` in the shared cache and return the count; None while the cache is down."""
+    try:
+        return _shared(lambda cache: _increment(cache, key))
+    except Unavailable:
+        return None
+
+
 def _key_counter(key_hash, window):
     return f"rl:key:{key_hash[:40]}:{window}"
 
@@ -151,9 +159,8 @@ def count_failure(address):
         return 0
     now = time.time()
     key = _failure_counter(address, _window(now))
-    try:
-        count = _shared(lambda cache: _increment(cache, key))
-    except Unavailable:
+    count = _increment_shared(key)
+    if count is None:
         count = _increment(_local, key)
     if count <= limit:
         return 0
@@ -170,9 +177,8 @@ def count_request(key_hash):
         return 0
     now = time.time()
     key = _key_counter(key_hash, _window(now))
-    try:
-        count = _shared(lambda cache: _increment(cache, key))
-    except Unavailable:
+    count = _increment_shared(key)
+    if count is None:
         # Remembered here only so that key_in_use() still knows this key during the outage.
         _local.set(key, 1, COUNTER_TTL)
         return 0
