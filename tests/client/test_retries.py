@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 from django.db import connection
 
+from sessions_app import ratelimit
 from sessions_app.models import EngineSession
 
 from .conftest import read_report
@@ -17,9 +18,10 @@ RATE_LIMIT_WINDOW = 2
 
 
 @pytest.fixture
-def one_request_per_window(settings):
+def one_request_per_window(settings, monkeypatch):
     """The engine API's per-key limit cut to one request per 2-second window (sessions_app.ratelimit)."""
-    settings.ENGINE_API_RATE_LIMITS = {"key": (1, RATE_LIMIT_WINDOW)}
+    settings.API_RATE_LIMIT = 1
+    monkeypatch.setattr(ratelimit, "WINDOW_SECONDS", RATE_LIMIT_WINDOW)
 
 
 def test_a_429_is_honoured_and_the_activation_goes_through(katalon, portal, one_request_per_window):

@@ -109,7 +109,7 @@ def test_an_activation_refused_for_quota_is_quota_reached_once_an_hour(client, o
         (reached,) = events(EventType.QUOTA_REACHED)
         assert reached.data["limit"] == "sessions"
         assert reached.data["pool"]["quota"] == 2
-        assert reached.data["figures"] == {"quota": 2, "live_sessions": 2, "offline_licenses": 0}
+        assert reached.data["figures"] == {"quota": 2, "live_sessions": 2, "offline_licenses": 0, "waiting": 0}
         assert reached.data["refused"] == {"user": member_user.email, "machine_id": "agent-2"}
         assert "2 of 2" in reached.data["message"]
 

@@ -15,6 +15,5 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Expired {done.sessions_expired} sessions, deregistered {done.machines_deregistered} idle machines, "
             f"deleted {done.idempotency_records_deleted} idempotency records and "
-            f"{done.rate_limit_counters_deleted} rate-limit counters, "
             f"marked {done.queue_tickets_lapsed} queue tickets whose engines stopped polling."
         )
