@@ -44,8 +44,8 @@ POLL_GRACE_SECONDS = 30
 # With quota 10: positions 1-10 poll every 2 s, 11-20 every 4 s, 21-30 every 6 s, ... up to 30 s.
 # A license that frees up is taken within about 2 s when the line is short, and however long the
 # line, its polls cost at most about 17 requests a second (10/2 + 10/4 + ... + 10/30 for the first
-# 150 tickets) plus one per 30 s per ticket behind them. The answer never asks for a poll later than the ticket's expiry, so a wait
-# that runs out is told so then.
+# 150 tickets) plus one per 30 s per ticket behind them. The answer never asks for a poll later than
+# the ticket's expiry, so a wait that runs out is told so then.
 POLL_FIRST_SECONDS = 2
 POLL_STEP_SECONDS = 2
 POLL_LONGEST_SECONDS = 30
