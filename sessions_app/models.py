@@ -5,8 +5,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Case, Exists, OuterRef, Q, Value, When
-from django.db.models.functions import Least, Now
+from django.db.models import Case, Count, Exists, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce, Least, Now
 from django.utils import timezone
 
 from licenses.models import LicensePool
@@ -200,6 +200,23 @@ class QueueTicketQuerySet(models.QuerySet):
         aside for it is free again."""
         now = now or Now()
         return self.filter(ended_at__isnull=True, poll_before__gt=now, expires_at__gt=now)
+
+    def with_position(self, now=None):
+        """Each ticket's place in its pool's line as `position`: 1 + the tickets waiting ahead of it
+        (by the database's clock, or `now`), whatever else filters this query."""
+        ahead = (
+            QueueTicket.objects.waiting(now)
+            .filter(pool_id=OuterRef("pool_id"), id__lt=OuterRef("id"))
+            .order_by()
+            .values("pool_id")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return self.annotate(position=Coalesce(Subquery(ahead), 0) + 1)
+
+    def in_line(self):
+        """The waiting tickets in line order, with their positions."""
+        return self.waiting().with_position().order_by("id")
 
     def lapsed(self):
         """Not ended, but not polled by poll_before: dropped, waiting to be marked."""

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db import connection
-from django.db.models import Count, OuterRef, Subquery
-from django.db.models.functions import Coalesce, Now
+from django.db.models.functions import Now
 from django.utils.dateparse import parse_datetime
 
 from licenses import errors
@@ -142,7 +141,7 @@ def may_take_license(counts: PoolCounts, ticket=None) -> bool:
     tickets wait."""
     if ticket is None:
         return counts.admits_newcomer
-    return ticket.ahead + 1 <= counts.free
+    return ticket.position <= counts.free
 
 
 def newcomer_refusal(pool: LicensePool, counts: PoolCounts) -> errors.SessionQuotaExceeded:
@@ -174,22 +173,14 @@ class Queued:
 
 
 def ticket_for_poll(pool: LicensePool, *, user, machine_id: str, ticket_id: str, now: datetime) -> QueueTicket:
-    """The open ticket this poll names, with `ahead`: the waiting tickets before it. It must belong
-    to this user, pool (so organization and product) and machine id, and have been polled in time;
-    anything else is one answer, 404, so tickets cannot be probed."""
-    waiting_ahead = (
-        QueueTicket.objects.waiting(now)
-        .filter(pool_id=OuterRef("pool_id"), id__lt=OuterRef("id"))
-        .order_by()
-        .values("pool_id")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
+    """The open ticket this poll names, with its `position`. It must belong to this user, pool (so
+    organization and product) and machine id, and have been polled in time; anything else is one
+    answer, 404, so tickets cannot be probed."""
     ticket = (
         QueueTicket.objects.filter(
             public_id=ticket_id, pool=pool, user=user, machine_id=machine_id, ended_at__isnull=True, poll_before__gt=now
         )
-        .annotate(ahead=Coalesce(Subquery(waiting_ahead), 0))
+        .with_position(now)
         .first()
     )
     if ticket is None:
@@ -240,7 +231,7 @@ def join(
 
 def keep_waiting(pool: LicensePool, counts: PoolCounts, ticket: QueueTicket, *, hostname: str) -> Queued:
     """A poll that is not yet granted: the ticket's figures and its next deadline."""
-    position = ticket.ahead + 1
+    position = ticket.position
     retry = retry_after_seconds(
         position=position, quota=pool.quota, seconds_left=(ticket.expires_at - counts.now).total_seconds()
     )

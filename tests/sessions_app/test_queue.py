@@ -460,6 +460,22 @@ def test_refusals_for_the_session_quota_are_counted_per_hour(client, engine, ful
     assert (row.hour.minute, row.hour.second, row.hour.microsecond) == (0, 0, 0)
 
 
+def test_the_line_lists_waiting_tickets_in_order_with_their_places(re_pool, member_user, other_organization):
+    """in_line(): only waiting tickets, oldest first, each with its position in its pool's line,
+    which narrowing the list (to one person's tickets, to a page) does not change."""
+    past = timezone.now() - timedelta(seconds=1)
+    first = factories.QueueTicketFactory(pool=re_pool)
+    factories.QueueTicketFactory(pool=re_pool, poll_before=past)  # dropped: no place
+    factories.QueueTicketFactory(pool=re_pool, ended_at=past, outcome="removed")
+    mine = factories.QueueTicketFactory(pool=re_pool, user=member_user)
+    last = factories.QueueTicketFactory(pool=re_pool)
+    factories.QueueTicketFactory(pool=factories.LicensePoolFactory(organization=other_organization))
+    line = list(re_pool.queue_tickets.in_line())
+    assert [(ticket.pk, ticket.position) for ticket in line] == [(first.pk, 1), (mine.pk, 2), (last.pk, 3)]
+    assert [ticket.position for ticket in re_pool.queue_tickets.in_line().filter(user=member_user)] == [2]
+    assert [ticket.position for ticket in re_pool.queue_tickets.in_line()[1:]] == [2, 3]
+
+
 @pytest.mark.parametrize(
     ("position", "quota", "seconds_left", "expected"),
     [
