@@ -36,6 +36,7 @@ class Action:
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"
     ACTIVATION_REFUSED = "activation.refused"
+    ACTIVATION_QUEUED = "activation.queued"
     LICENSE_GRANT_REFUSED = "license.grant_refused"
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_CHANGED = "webhook.changed"
@@ -61,6 +62,7 @@ class Action:
         API_KEY_CREATED: "Created an API key",
         API_KEY_REVOKED: "Revoked an API key",
         ACTIVATION_REFUSED: "Activation refused",
+        ACTIVATION_QUEUED: "Activation waiting in line",
         LICENSE_GRANT_REFUSED: "License grant refused",
         WEBHOOK_CREATED: "Added a webhook endpoint",
         WEBHOOK_CHANGED: "Changed a webhook endpoint",

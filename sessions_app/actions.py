@@ -129,6 +129,7 @@ def _activate_locked(
     queue,
     ticket,
     max_wait_seconds,
+    ip_address,
     on_granted,
     on_queued,
 ):
@@ -157,6 +158,7 @@ def _activate_locked(
             queue=queue,
             ticket=ticket,
             max_wait_seconds=max_wait_seconds,
+            ip_address=ip_address,
             on_granted=on_granted,
             on_queued=on_queued,
         )
@@ -206,7 +208,7 @@ def _activate_kse(pool, engine, *, ticket, on_granted):
     return activation
 
 
-def _activate_re(pool, engine, *, queue, ticket, max_wait_seconds, on_granted, on_queued):
+def _activate_re(pool, engine, *, queue, ticket, max_wait_seconds, ip_address, on_granted, on_queued):
     """RE: the session quota, and the line (queue.py) when engines wait or this one asks to."""
     counts = queue_rules.count_pool(pool)
     waiting_ticket = None
@@ -234,6 +236,7 @@ def _activate_re(pool, engine, *, queue, ticket, max_wait_seconds, on_granted, o
                 machine_id=engine.machine_id,
                 hostname=engine.hostname,
                 max_wait_seconds=max_wait_seconds,
+                ip_address=ip_address,
             )
         if on_queued is not None:
             on_queued(queued)
@@ -355,6 +358,7 @@ def activate(
             queue=queue,
             ticket=ticket,
             max_wait_seconds=max_wait_seconds,
+            ip_address=ip_address,
             on_granted=on_granted,
             on_queued=on_queued,
         )

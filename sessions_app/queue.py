@@ -29,6 +29,7 @@ from django.utils.dateparse import parse_datetime
 
 from licenses import errors
 from licenses.models import LicensePool, OfflineLicense, Product
+from organizations.audit import Action, record
 
 from .models import EngineSession, QueueTicket, QuotaRefusalHour, TicketOutcome
 
@@ -118,17 +119,26 @@ def count_pool(pool: LicensePool) -> PoolCounts:
     return PoolCounts(now=now, quota=pool.quota, live=live, offline=offline, waiting=waiting)
 
 
-def quota_refusal(pool: LicensePool, counts: PoolCounts, message: str, **details) -> errors.SessionQuotaExceeded:
-    refusal = errors.SessionQuotaExceeded(
-        message,
-        details={
-            "quota": pool.quota,
-            "live_sessions": counts.live,
-            "offline_licenses": counts.offline,
-            "waiting": counts.waiting,
-            **details,
-        },
+def _figures(pool: LicensePool, counts: PoolCounts) -> dict:
+    """The pool's figures as a session-quota refusal's details give them."""
+    return {
+        "quota": pool.quota,
+        "live_sessions": counts.live,
+        "offline_licenses": counts.offline,
+        "waiting": counts.waiting,
+    }
+
+
+def _in_use(pool: LicensePool, counts: PoolCounts) -> str:
+    offline_note = f" ({counts.live} online sessions and {counts.offline} offline licenses)" if counts.offline else ""
+    return (
+        f"{counts.live + counts.offline} of {pool.quota} {Product(pool.product).label} licenses are in use "
+        f"in {pool.organization.name}{offline_note}"
     )
+
+
+def quota_refusal(pool: LicensePool, counts: PoolCounts, message: str, **details) -> errors.SessionQuotaExceeded:
+    refusal = errors.SessionQuotaExceeded(message, details={**_figures(pool, counts), **details})
     # For the usage page's refusals per hour (count_refusal), after the activation rolled back.
     refusal.pool_id = pool.pk
     refusal.refused_at = counts.now
@@ -145,12 +155,7 @@ def may_take_license(counts: PoolCounts, ticket=None) -> bool:
 
 
 def newcomer_refusal(pool: LicensePool, counts: PoolCounts) -> errors.SessionQuotaExceeded:
-    product = Product(pool.product).label
-    offline_note = f" ({counts.live} online sessions and {counts.offline} offline licenses)" if counts.offline else ""
-    message = (
-        f"License quota exceeded: {counts.live + counts.offline} of {pool.quota} {product} licenses are in use "
-        f"in {pool.organization.name}{offline_note}."
-    )
+    message = f"License quota exceeded: {_in_use(pool, counts)}."
     if counts.waiting:
         message += f" {counts.waiting} {'engine is' if counts.waiting == 1 else 'engines are'} waiting in line"
         if counts.free > 0:
@@ -197,13 +202,11 @@ def wait_over(pool: LicensePool, ticket: QueueTicket, counts: PoolCounts) -> err
     """The refusal for a poll after the ticket's expires_at. The ticket ends with it (note_refusal),
     so later polls answer 404."""
     waited = max(0, int((counts.now - ticket.joined_at).total_seconds()))
-    product = Product(pool.product).label
     refusal = quota_refusal(
         pool,
         counts,
-        f"No {product} license of {pool.organization.name} became free within the wait asked for "
-        f"({waited} s; {counts.live + counts.offline} of {pool.quota} licenses in use, {counts.waiting} engines "
-        "waiting). Activate again to wait longer, or ask an admin for more licenses.",
+        f"No license became free within the wait asked for ({waited} s): {_in_use(pool, counts)}, and "
+        f"{counts.waiting} engines wait in line. Activate again to wait longer, or ask an admin for more licenses.",
         waited_seconds=waited,
     )
     refusal.ends_ticket = ticket.pk
@@ -211,9 +214,17 @@ def wait_over(pool: LicensePool, ticket: QueueTicket, counts: PoolCounts) -> err
 
 
 def join(
-    pool: LicensePool, counts: PoolCounts, *, user, machine_id: str, hostname: str, max_wait_seconds: int
+    pool: LicensePool,
+    counts: PoolCounts,
+    *,
+    user,
+    machine_id: str,
+    hostname: str,
+    max_wait_seconds: int,
+    ip_address: str | None,
 ) -> Queued:
-    """A new ticket at the end of the line."""
+    """A new ticket at the end of the line. Joining is audited like a refusal (the quota was reached,
+    and owners are alerted of it the same way); the polls that follow are not."""
     position = counts.waiting + 1
     retry = retry_after_seconds(position=position, quota=pool.quota, seconds_left=max_wait_seconds)
     ticket = QueueTicket.objects.create(
@@ -225,6 +236,23 @@ def join(
         last_polled_at=counts.now,
         poll_before=counts.now + timedelta(seconds=retry + POLL_GRACE_SECONDS),
         expires_at=counts.now + timedelta(seconds=max_wait_seconds),
+    )
+    record(
+        organization=pool.organization,
+        actor=user,
+        action=Action.ACTIVATION_QUEUED,
+        target=pool,
+        target_label=f"{pool.product} on {machine_id}",
+        after={
+            "code": errors.SessionQuotaExceeded.code,
+            "message": f"No license free: {_in_use(pool, counts)}. Waiting in line at position {position}.",
+            "details": _figures(pool, counts),
+            "product": pool.product,
+            "machine_id": machine_id,
+            "queued": True,
+            "ticket": ticket.public_id,
+        },
+        ip_address=ip_address,
     )
     return Queued(ticket=ticket, position=position, waiting=position, retry_after_seconds=retry)
 

@@ -86,6 +86,16 @@ def test_a_full_pool_puts_a_queued_request_in_line(engine, full_pool):
     assert not EngineSession.objects.filter(user=ticket.user).exists()
 
 
+def test_joining_the_line_is_audited_and_polling_is_not(engine, full_pool, organization, member_user):
+    ticket = join(engine, "agent-1")["ticket"]
+    queued(poll(engine, ticket))
+    (event,) = AuditEvent.objects.filter(action=Action.ACTIVATION_QUEUED)
+    assert (event.organization, event.actor) == (organization, member_user)
+    assert event.after["ticket"] == ticket and event.after["machine_id"] == "agent-1"
+    assert event.after["details"] == {"quota": 3, "live_sessions": 3, "offline_licenses": 0, "waiting": 0}
+    assert "position 1" in event.after["message"]
+
+
 def test_the_longest_wait_defaults_to_half_an_hour(engine, full_pool):
     join(engine)
     ticket = QueueTicket.objects.get()
