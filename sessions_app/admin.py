@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
 from licenses import actions as license_actions
+from licenses.usage import forget_rollup
 from organizations.audit import client_ip
 
 from . import actions
@@ -47,6 +48,15 @@ class EngineSessionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    # A deleted session leaves the pool's past usage: the rolled-up hours are recomputed.
+    def delete_model(self, request, obj):
+        forget_rollup([obj.pool_id])
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        forget_rollup(set(queryset.values_list("pool_id", flat=True)))
+        super().delete_queryset(request, queryset)
 
 
 @admin.register(ApiKey)
