@@ -504,6 +504,19 @@ class UsageSummary:
     buckets: list
     quota: int
     granularity: Granularity
+    # When the subscription ran: a bucket wholly outside it had nothing to use, so it says nothing
+    # about use and stays out of the average and of the buckets the quota could be reached in.
+    subscription_start: datetime | None = None
+    subscription_end: datetime | None = None
+
+    @property
+    def subscribed_buckets(self):
+        return [
+            bucket
+            for bucket in self.buckets
+            if (self.subscription_start is None or bucket.end > self.subscription_start)
+            and (self.subscription_end is None or bucket.start < self.subscription_end)
+        ]
 
     @property
     def peak(self):
@@ -516,9 +529,11 @@ class UsageSummary:
 
     @property
     def average_peak(self):
-        if not self.buckets:
+        """The average of the peaks while the subscription ran."""
+        subscribed = self.subscribed_buckets
+        if not subscribed:
             return 0
-        return sum(bucket.peak for bucket in self.buckets) / len(self.buckets)
+        return sum(bucket.peak for bucket in subscribed) / len(subscribed)
 
     @property
     def buckets_at_quota(self):

@@ -86,7 +86,13 @@ def usage(request):
         filters = form.cleaned_data
         pool, period = pools[filters["product"]], filters["period"]
         used = usage_in_period(pool=pool, period=period, now=now)
-        summary = UsageSummary(buckets=used.buckets, quota=pool.quota, granularity=period.granularity)
+        summary = UsageSummary(
+            buckets=used.buckets,
+            quota=pool.quota,
+            granularity=period.granularity,
+            subscription_start=pool.starts_at,
+            subscription_end=pool.expires_at,
+        )
         sessions = _filtered_history(request, pool, filters, now).select_related("user", "machine")
         # Counting a million sessions would take longer than the rest of the page: the whole
         # history's count comes with the peaks. A filtered or member's own history is counted.

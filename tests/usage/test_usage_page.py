@@ -99,6 +99,36 @@ def test_page_shows_peak_quota_and_chart(owner_client, organization, re_pool):
     assert "style=" not in html and "<script>" not in html
 
 
+def test_twelve_month_averages_count_only_months_of_the_subscription(owner_client, organization, re_pool, owner):
+    """A subscription that began last month is averaged over the months it ran, not over a year of
+    months before it existed; the months at quota are counted out of those months too."""
+    now = timezone.now()
+    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    re_pool.starts_at = (this_month - timedelta(days=1)).replace(day=15)  # the middle of last month
+    re_pool.save()
+    machine = factories.MachineFactory(pool=re_pool)
+    EngineSession.objects.bulk_create(
+        ended_session(
+            re_pool,
+            user=owner,
+            machine=machine,
+            started_at=moment,
+            ended_at=moment + timedelta(minutes=30),
+        )
+        for moment in (re_pool.starts_at + timedelta(days=1), min(this_month + timedelta(hours=1), now))
+        if moment + timedelta(minutes=30) < now
+    )
+    response = owner_client.get(usage_url(organization, range="12m"))
+    summary = response.context["summary"]
+    assert len(summary.buckets) == 12
+    assert [bucket.start.month for bucket in summary.subscribed_buckets] == [
+        bucket.start.month for bucket in summary.buckets[-2:]
+    ]
+    assert summary.average_peak == sum(bucket.peak for bucket in summary.buckets[-2:]) / 2
+    assert summary.average_peak > 0
+    assert "of 2 (month)" in response.content.decode()
+
+
 def test_history_lists_sessions_with_their_end(owner_client, organization, re_pool, owner):
     """The history shows who, where, when and why each session ended, and live ones as live."""
     machine = factories.MachineFactory(pool=re_pool, machine_id="agent-77", hostname="agent-77.ci")
