@@ -13,7 +13,7 @@ from organizations.audit import client_ip
 from organizations.csv_stream import streaming_csv_response
 from organizations.htmx import render_filtered
 from organizations.models import Membership
-from organizations.pagination import CountedPaginator
+from organizations.pagination import LongListPaginator
 from organizations.permissions import org_member_required
 from sessions_app.actions import release_session
 from sessions_app.models import EngineSession, Machine
@@ -24,6 +24,8 @@ from .usage import LIVE, Chart, UsageSummary, format_duration, history, usage_in
 from .usage_forms import REASON_CHOICES, UsageFilterForm
 
 HISTORY_PAGE_SIZE = 50
+# Past this many sessions a filtered history says "more than" instead of counting them all.
+HISTORY_COUNT_BOUND = 10_000
 REASON_LABELS = dict(REASON_CHOICES)
 EXPORT_CHUNK_SIZE = 2000
 CSV_HEADER = [
@@ -95,12 +97,14 @@ def usage(request):
         )
         sessions = _filtered_history(request, pool, filters, now).select_related("user", "machine")
         # Counting a million sessions would take longer than the rest of the page: the whole
-        # history's count comes with the peaks. A filtered or member's own history is counted.
+        # history's count comes with the peaks, and a filtered one is counted only so far.
         whole_history = request.membership.can_manage and not any(
             filters[name] for name in ("user", "machine", "reason")
         )
-        count = used.sessions_held if whole_history else None
-        page = CountedPaginator(sessions, HISTORY_PAGE_SIZE, count=count).get_page(request.GET.get("page"))
+        paginator = LongListPaginator(
+            sessions, HISTORY_PAGE_SIZE, count=used.sessions_held if whole_history else None, bound=HISTORY_COUNT_BOUND
+        )
+        page = paginator.get_page(request.GET.get("page"))
         context.update(
             pool=pool,
             period=period,

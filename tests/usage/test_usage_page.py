@@ -9,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from licenses import usage_views
 from sessions_app.models import EndReason, EngineSession
 from tests import factories
 from tests.usage.conftest import ended_session, live_session
@@ -293,3 +294,17 @@ def test_a_bad_filter_over_htmx_answers_with_the_message_in_the_fragment(owner_c
     assert response.status_code == 200
     assert html.lstrip().startswith('<div id="usage-results">')
     assert 'role="alert"' in html and "From: Custom dates need both a first and a last day." in html
+
+
+def test_a_long_filtered_history_is_counted_only_as_far_as_the_pages_need(
+    owner_client, organization, re_pool, monkeypatch
+):
+    """A filtered history past the counting bound says "more than" and still offers the next page;
+    the whole history's count, which comes with the peaks, stays exact."""
+    monkeypatch.setattr(usage_views, "HISTORY_COUNT_BOUND", 10)
+    alice = factories.UserFactory(email="alice@example.com")
+    make_history(re_pool, 120, user=alice)
+    html = owner_client.get(usage_url(organization, user="alice")).content.decode()
+    assert "More than 100 sessions held a license" in html and 'rel="next"' in html
+    html = owner_client.get(usage_url(organization)).content.decode()
+    assert "120 sessions held a license" in html and "Page 1 of 3" in html
