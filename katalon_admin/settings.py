@@ -30,9 +30,11 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "django_tasks_db",
     "organizations",
     "licenses",
     "sessions_app",
+    "notifications",
 ]
 
 MIDDLEWARE = [
@@ -136,6 +138,16 @@ MAILERS = {
 # complaint about the console backend is for that default only; a configured EMAIL_URL is checked.
 SILENCED_SYSTEM_CHECKS = [] if env("EMAIL_URL", default="") else ["mail.E001"]
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Katalon Admin <noreply@localhost>")
+
+# Mails and webhooks leave through Django's tasks framework, queued in the database itself so that
+# nothing but the database is needed; `manage.py db_worker` runs them (README, Production).
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+# Webhooks to loopback and private-network addresses are refused unless this is set
+# (notifications.destinations); link-local and cloud metadata addresses are refused always.
+WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
+# The portal's address as people reach it, for the links in alert mails (sent by the worker, which
+# has no request to read it from).
+PORTAL_URL = env("PORTAL_URL", default="http://127.0.0.1:8000").rstrip("/")
 
 # Offline license files are signed with this Ed25519 key (PEM); without it one is generated
 # into the database on first use (licenses.signing).

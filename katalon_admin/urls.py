@@ -10,4 +10,5 @@ urlpatterns = [
     path("", include("licenses.urls")),
     path("", include("licenses.usage_urls")),
     path("", include("sessions_app.urls")),
+    path("", include("notifications.urls")),
 ]

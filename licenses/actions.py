@@ -178,12 +178,35 @@ def _refuse_unless_in_force(pool: LicensePool) -> None:
         )
 
 
-@transaction.atomic
 def grant_licenses(
     *, pool: LicensePool, users: Iterable[User], actor: User | None, ip_address: str | None = None
 ) -> list[LicensedUser]:
     """Make members licensed users of a KSE pool, all or none. Members who already hold a license
-    are left as they are (a repeated or concurrent grant is not an error); returns the new seats."""
+    are left as they are (a repeated or concurrent grant is not an error); returns the new seats.
+    A grant refused for the quota is audited: owners learn from it that they ran out."""
+    try:
+        return _grant_licenses(pool=pool, users=users, actor=actor, ip_address=ip_address)
+    except SeatQuotaExceeded as refusal:
+        _record_grant_refusal(pool, refusal, actor=actor, ip_address=ip_address)
+        raise
+
+
+@transaction.atomic
+def _record_grant_refusal(pool: LicensePool, refusal: SeatQuotaExceeded, *, actor, ip_address) -> None:
+    # The grant's own transaction has rolled back, so the refusal is written in one of its own.
+    record(
+        organization=pool.organization,
+        actor=actor,
+        action=Action.LICENSE_GRANT_REFUSED,
+        target=pool,
+        target_label=f"{pool.product} licenses",
+        after={"code": refusal.code, "message": refusal.message, "details": refusal.details},
+        ip_address=ip_address,
+    )
+
+
+@transaction.atomic
+def _grant_licenses(*, pool, users, actor, ip_address):
     pool = _lock_pool(pool.pk)
     _refuse_unless_manager(pool, actor)
     if pool.product != Product.KSE:
@@ -215,7 +238,7 @@ def grant_licenses(
                 f"Only {usage.available} of {pool.quota} licenses are available in {pool.organization}; "
                 f"you chose {len(new_users)} members."
             )
-        raise SeatQuotaExceeded(message, details={"quota": pool.quota, "used": usage.used})
+        raise SeatQuotaExceeded(message, details={"quota": pool.quota, "used": usage.used, "requested": len(new_users)})
     now = timezone.now()
     seats = LicensedUser.objects.bulk_create(
         [LicensedUser(pool=pool, user=user, granted_at=now, granted_by=actor) for user in new_users]

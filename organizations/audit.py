@@ -4,8 +4,15 @@ rolls back leaves no event and an event never describes a change that did not ha
 import ipaddress
 
 from django.db import transaction
+from django.dispatch import Signal
 
 from .models import AuditEvent
+
+# Sent inside the transaction of the change, right after its audit events are written, with
+# `events`: the saved AuditEvents, each carrying the object the action named as `target_object`
+# (not stored). Apps above this one (notifications) act on a change here without this app importing
+# them, and whatever they write commits or rolls back together with the change.
+recorded = Signal()
 
 
 class Action:
@@ -28,6 +35,11 @@ class Action:
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"
     ACTIVATION_REFUSED = "activation.refused"
+    LICENSE_GRANT_REFUSED = "license.grant_refused"
+    WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_CHANGED = "webhook.changed"
+    WEBHOOK_SECRET_ROLLED = "webhook.secret_rolled"
+    WEBHOOK_DELETED = "webhook.deleted"
 
     LABELS = {
         ORGANIZATION_CREATED: "Created the organization",
@@ -47,6 +59,11 @@ class Action:
         API_KEY_CREATED: "Created an API key",
         API_KEY_REVOKED: "Revoked an API key",
         ACTIVATION_REFUSED: "Activation refused",
+        LICENSE_GRANT_REFUSED: "License grant refused",
+        WEBHOOK_CREATED: "Added a webhook endpoint",
+        WEBHOOK_CHANGED: "Changed a webhook endpoint",
+        WEBHOOK_SECRET_ROLLED: "Rolled a webhook signing secret",
+        WEBHOOK_DELETED: "Deleted a webhook endpoint",
     }
 
     @classmethod
@@ -59,6 +76,7 @@ def record(*, organization, actor, action, target=None, target_label="", before=
     _require_transaction()
     event = _event(organization, actor, action, target, target_label, before, after, ip_address)
     event.save()
+    recorded.send(sender=AuditEvent, events=[event])
     return event
 
 
@@ -66,9 +84,11 @@ def record_each(targets, *, organization, actor, action, describe, ip_address=No
     """One event per target (several people granted or invited at once), in one INSERT.
     `describe(target)` gives the event's own fields: target_label, and before/after if any."""
     _require_transaction()
-    return AuditEvent.objects.bulk_create(
+    events = AuditEvent.objects.bulk_create(
         [_event(organization, actor, action, target, ip_address=ip_address, **describe(target)) for target in targets]
     )
+    recorded.send(sender=AuditEvent, events=events)
+    return events
 
 
 def _require_transaction():
@@ -78,7 +98,7 @@ def _require_transaction():
 
 def _event(organization, actor, action, target, target_label="", before=None, after=None, ip_address=None):
     known_actor = actor is not None and actor.pk is not None
-    return AuditEvent(
+    event = AuditEvent(
         organization=organization,
         actor=actor if known_actor else None,
         actor_label=actor.email if known_actor else "",
@@ -90,6 +110,8 @@ def _event(organization, actor, action, target, target_label="", before=None, af
         after=after,
         ip_address=ip_address,
     )
+    event.target_object = target
+    return event
 
 
 def client_ip(request):

@@ -261,7 +261,13 @@ def _record_refusal(refusal, *, api_key, user, product, machine_id, org_id, ip_a
         actor=user,
         action=Action.ACTIVATION_REFUSED,
         target_label=f"{product} on {machine_id}",
-        after={"code": refusal.code, "message": refusal.message, "product": product, "machine_id": machine_id},
+        after={
+            "code": refusal.code,
+            "message": refusal.message,
+            "details": refusal.details,
+            "product": product,
+            "machine_id": machine_id,
+        },
         ip_address=ip_address,
     )
 
