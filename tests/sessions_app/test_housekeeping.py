@@ -1,14 +1,19 @@
 """expire_sessions and create_api_key, the operator commands of this app."""
 
+import threading
+import time
 from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
 from django.utils import timezone
 
+from licenses.models import LicensePool
 from organizations.audit import Action
 from organizations.models import AuditEvent
+from sessions_app import actions
 from sessions_app.models import ApiKey, EngineSession, IdempotencyRecord, Machine, RateLimitCounter, hash_api_key
 from tests import factories
 
@@ -121,3 +126,114 @@ def test_create_api_key_refuses_bad_arguments_in_one_line(member_user, other_org
     assert message in str(refusal.value)
     assert "\n" not in str(refusal.value)
     assert not ApiKey.objects.exists()
+
+
+def busy_pool_is_locked(pool):
+    """Whether another connection holds the pool's row lock right now (this one does not wait)."""
+    with transaction.atomic():
+        return not LicensePool.objects.filter(pk=pool.pk).select_for_update(skip_locked=True).exists()
+
+
+def lapsed_sessions(pool, count, *, ephemeral=False):
+    """`count` sessions of `pool` whose leases ran out, each on its own machine."""
+    now = timezone.now()
+    machines = Machine.objects.bulk_create(
+        [Machine(pool=pool, machine_id=f"lapsed-{pool.pk}-{n}", ephemeral=ephemeral) for n in range(count)]
+    )
+    user = factories.UserFactory()
+    EngineSession.objects.bulk_create(
+        EngineSession(
+            pool=pool,
+            machine=machine,
+            user=user,
+            started_at=now - timedelta(hours=1),
+            last_heartbeat_at=now - timedelta(minutes=30),
+            lease_expires_at=now - timedelta(minutes=25, seconds=n),
+        )
+        for n, machine in enumerate(machines)
+    )
+    return machines
+
+
+def test_expire_sessions_ends_every_lapsed_lease_in_batches(re_pool, other_organization, monkeypatch):
+    """More lapsed leases than one batch, in several pools, all end as expired at their lease's end,
+    and the ephemeral machines they leave are deregistered; live sessions are untouched."""
+    monkeypatch.setattr(actions, "EXPIRE_BATCH", 7)
+    other_pool = factories.LicensePoolFactory(organization=other_organization, product="RE")
+    lapsed_sessions(re_pool, 30)
+    containers = lapsed_sessions(other_pool, 9, ephemeral=True)
+    live = factories.EngineSessionFactory(pool=re_pool)
+    out = StringIO()
+    call_command("expire_sessions", stdout=out)
+    assert "Expired 39 sessions" in out.getvalue()
+    assert not EngineSession.objects.lapsed().exists()
+    expired = EngineSession.objects.filter(end_reason="expired")
+    assert expired.count() == 39
+    assert all(session.ended_at == session.lease_expires_at for session in expired)
+    assert not Machine.objects.filter(pk__in=[m.pk for m in containers]).registered().exists()
+    live.refresh_from_db()
+    assert live.is_live
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_expire_sessions_passes_over_a_busy_pool_and_comes_back_to_it(organization, other_organization):
+    """While an activation holds one pool's lock, expire_sessions ends the other pools' lapsed leases
+    without waiting, then waits its turn for the busy pool like an activation and ends its leases."""
+    busy = factories.LicensePoolFactory(organization=organization, product="RE")
+    free = factories.LicensePoolFactory(organization=other_organization, product="RE")
+    lapsed_sessions(busy, 5)
+    lapsed_sessions(free, 5)
+    free_pool_done = threading.Event()
+
+    def hold_the_busy_pool():
+        try:
+            with transaction.atomic():
+                LicensePool.objects.select_for_update().get(pk=busy.pk)
+                for _ in range(200):  # up to 10 s
+                    if not EngineSession.objects.lapsed().filter(pool=free).exists():
+                        free_pool_done.set()
+                        break
+                    time.sleep(0.05)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_busy_pool)
+    holder.start()
+    while not busy_pool_is_locked(busy):
+        time.sleep(0.01)
+    call_command("expire_sessions", stdout=StringIO())
+    holder.join()
+    assert free_pool_done.is_set()
+    assert not EngineSession.objects.lapsed().exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_expire_sessions_leaves_a_session_another_transaction_is_ending_to_it(re_pool):
+    """A lapsed session whose row a heartbeat or release holds is skipped, not waited for: the run
+    ends the rest and the next run ends that one."""
+    lapsed_sessions(re_pool, 4)
+    held = EngineSession.objects.order_by("pk").first()
+    locked, run_over = threading.Event(), threading.Event()
+
+    def hold_one_session():
+        try:
+            with transaction.atomic():
+                EngineSession.objects.select_for_update().get(pk=held.pk)
+                locked.set()
+                run_over.wait(timeout=30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_one_session)
+    holder.start()
+    locked.wait(timeout=10)
+    out = StringIO()
+    call_command("expire_sessions", stdout=out)
+    run_over.set()
+    holder.join()
+    assert "Expired 3 sessions" in out.getvalue()
+    assert list(EngineSession.objects.lapsed().values_list("pk", flat=True)) == [held.pk]
+    call_command("expire_sessions", stdout=StringIO())
+    assert not EngineSession.objects.lapsed().exists()
