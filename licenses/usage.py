@@ -467,10 +467,11 @@ def usage_in_period(*, pool, period, now):
             )
             .order_by()
         ):
+            if row["peak"] is None:
+                continue  # one bucket makes `n` a constant, and an empty aggregate a row of NULLs
             peaks[row["n"]] = row["peak"]
-            begun += row["started"]
+            begun += row["started"] - row["early"]
             held_at_start += row["held"]
-            begun -= row["early"]
     if rolled_end < end:
         tail = hourly_figures(
             pool_id=pool.pk, since=rolled_end, until=end, held_sessions=state.held_sessions, clock=now

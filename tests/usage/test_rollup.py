@@ -10,8 +10,11 @@ from django.utils import timezone
 
 from licenses.models import UsageHour, UsageRollup
 from licenses.usage import (
+    DAILY,
     HOUR,
+    HOURLY,
     ROLLUP_DELAY,
+    Period,
     custom_period,
     floor_hour,
     history,
@@ -29,6 +32,7 @@ def periods(now):
     """Every preset range, and custom ranges: in the past, ending today, one day, today alone,
     starting before the first session, and long enough for weekly and monthly bars."""
     today = now.date()
+    midnight = datetime.combine(today, time.min, tzinfo=UTC)
     days = lambda n: today - timedelta(days=n)  # noqa: E731
     return [
         *(preset_period(name, now) for name in ("24h", "7d", "30d", "12m")),
@@ -39,6 +43,10 @@ def periods(now):
         custom_period(days(60), days(2), now),
         custom_period(days(200), today, now),
         custom_period(days(700), today, now),
+        # One bucket each, as the quota-warning job asks for a day: rolled up, and live.
+        Period(midnight - timedelta(days=1), midnight, DAILY, "yesterday"),
+        Period(floor_hour(now) - 3 * HOUR, floor_hour(now) - 2 * HOUR, HOURLY, "an hour"),
+        Period(midnight, now, DAILY, "today"),
     ]
 
 
