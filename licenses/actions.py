@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from organizations.audit import Action, record, record_each
@@ -46,9 +47,16 @@ class ProvisionResult:
 
 
 def _lock_pool(pool_id: int) -> LicensePool:
+    """The pool, locked, with the database's clock as `db_now`: every rule comparing with "now"
+    reads that clock, as activation does, so no web host's clock decides a license."""
     # of=("self",): without it PostgreSQL locks the joined organization row too, taking it after the
     # pool and deadlocking with remove_member, which takes the organization first.
-    return LicensePool.objects.select_for_update(of=("self",)).select_related("organization").get(pk=pool_id)
+    return (
+        LicensePool.objects.select_for_update(of=("self",))
+        .select_related("organization")
+        .annotate(db_now=Now())
+        .get(pk=pool_id)
+    )
 
 
 def _pool_terms(pool: LicensePool) -> dict:
@@ -94,8 +102,9 @@ def provision_pool(
     Arguments left as None keep a pool's current terms; a new pool gets the defaults: machine
     quota equal to the quota, starting now, running one year, 300-second leases, no machine idle
     limit. When changing, a machine quota that followed the quota keeps following it.
-    `machine_idle_days=0` removes the idle limit. Lowering the quota below what is in
-    use ends the newest live sessions with reason `quota_reduced`."""
+    `machine_idle_days=0` removes the idle limit. Lowering an RE quota below what is in use ends
+    the newest live sessions with reason `quota_reduced`. A KSE quota cannot go below its licensed
+    users plus unexpired offline licenses: SeatQuotaExceeded names how many to revoke first."""
     if product not in Product.values:
         raise InvalidRequest(
             f"Unknown product {product!r}: choose {' or '.join(Product.values)}.",
@@ -141,8 +150,22 @@ def provision_pool(
     )
     if errors:
         raise InvalidRequest(" ".join(errors.values()), details={"fields": {k: [v] for k, v in errors.items()}})
+    if not created and pool.product == Product.KSE:
+        # Counted under the pool's lock, so no grant slips in between this check and the save.
+        usage = pool.usage()
+        refusal = usage.kse_quota_refusal(pool.quota, organization)
+        if refusal:
+            raise SeatQuotaExceeded(
+                refusal,
+                details={
+                    "fields": {"quota": [refusal]},
+                    "licensed_users": usage.licensed_users,
+                    "unexpired_offline": usage.unexpired_offline,
+                },
+            )
     pool.save()
-    sessions_ended = 0 if created else _end_sessions_over_quota(pool)
+    # KSE never ends sessions for its quota: the quota counts licensed users, kept within it above.
+    sessions_ended = 0 if created or pool.product == Product.KSE else _end_sessions_over_quota(pool)
     record(
         organization=organization,
         actor=actor,
@@ -170,8 +193,9 @@ def _refuse_unless_manager(pool: LicensePool, actor: User | None) -> None:
 
 
 def _refuse_unless_in_force(pool: LicensePool) -> None:
-    if not pool.is_in_force():
-        when = "has not started yet" if timezone.now() < pool.starts_at else "has ended"
+    """`pool` comes from _lock_pool, with the database's clock."""
+    if not pool.is_in_force(pool.db_now):
+        when = "has not started yet" if pool.db_now < pool.starts_at else "has ended"
         raise LicenseExpired(
             f"The {pool.get_product_display()} subscription of {pool.organization} {when} "
             f"(it runs from {pool.starts_at:%Y-%m-%d} to {pool.expires_at:%Y-%m-%d})."
@@ -239,7 +263,7 @@ def _grant_licenses(*, pool, users, actor, ip_address):
                 f"you chose {len(new_users)} members."
             )
         raise SeatQuotaExceeded(message, details={"quota": pool.quota, "used": usage.used, "requested": len(new_users)})
-    now = timezone.now()
+    now = pool.db_now
     seats = LicensedUser.objects.bulk_create(
         [LicensedUser(pool=pool, user=user, granted_at=now, granted_by=actor) for user in new_users]
     )
@@ -266,7 +290,7 @@ def revoke_licenses(
     seats = list(pool.licensed_users.active().filter(user__in=user_ids).select_related("user"))
     if not seats:
         return []
-    now = timezone.now()
+    now = pool.db_now
     LicensedUser.objects.filter(pk__in=[seat.pk for seat in seats]).update(revoked_at=now, revoked_by=actor)
     EngineSession.objects.filter(pool=pool, user__in=[seat.user_id for seat in seats]).end(EndReason.WITHDRAWN)
     for seat in seats:
@@ -280,6 +304,17 @@ def revoke_licenses(
         ip_address=ip_address,
     )
     return seats
+
+
+def revoke_seats_of_removed_member(sender, *, organization: Organization, user: User, actor, now, **kwargs) -> dict:
+    """organizations.signals.member_removed: the person's KSE seats in that organization are
+    revoked. Their pools are locked first, in id order, as every activation locks its pool: no
+    session can start for them half-way through the removal."""
+    LicensePool.objects.for_org(organization).lock_in_order()
+    seats = (
+        LicensedUser.objects.active().for_org(organization).filter(user=user).update(revoked_at=now, revoked_by=actor)
+    )
+    return {"kse_seats_revoked": seats}
 
 
 @transaction.atomic
@@ -315,8 +350,10 @@ def deactivate_machine(*, machine: Machine, actor: User | None, ip_address: str 
     _refuse_unless_manager(pool, actor)
     if not Machine.objects.filter(pk=machine.pk).registered().exists():
         return False
-    sessions_ended = EngineSession.objects.filter(machine=machine).end(EndReason.MACHINE_DEACTIVATED)
+    # Deregistered before its sessions end: ending an ephemeral machine's last session would
+    # otherwise deregister it first, recording "ephemeral" instead of what happened.
     Machine.objects.filter(pk=machine.pk).deactivate("deactivated")
+    sessions_ended = EngineSession.objects.filter(machine=machine).end(EndReason.MACHINE_DEACTIVATED)
     record(
         organization=pool.organization,
         actor=actor,
@@ -343,7 +380,7 @@ def create_offline_license(
     pool = _lock_pool(pool.pk)
     _refuse_unless_manager(pool, actor)
     _refuse_unless_in_force(pool)
-    now = timezone.now()
+    now = pool.db_now
     if expires_at <= now:
         raise InvalidRequest(
             "An offline license must expire in the future.", details={"fields": {"expires_at": ["In the past."]}}

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from organizations.models import Membership, User
 
-from .models import MACHINE_ID_PATTERN, LicensePool, end_of_day, pool_term_errors
+from .models import MACHINE_ID_PATTERN, LicensePool, Product, end_of_day, pool_term_errors
 
 
 class UserIdsField(forms.ModelMultipleChoiceField):
@@ -138,4 +138,10 @@ class LicensePoolAdminForm(forms.ModelForm):
         for field, message in errors.items():
             if field not in self.errors:
                 self.add_error(field, message)
+        pool = self.instance
+        if pool.pk is not None and pool.product == Product.KSE and "quota" not in self.errors:
+            # The action checks again under the pool's lock; this shows the refusal on the form.
+            refusal = pool.usage().kse_quota_refusal(cleaned["quota"], pool.organization)
+            if refusal:
+                self.add_error("quota", refusal)
         return cleaned

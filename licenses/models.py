@@ -99,10 +99,40 @@ class PoolUsage:
     def available(self):
         return max(0, self.quota - self.used)
 
+    @property
+    def over_quota(self):
+        """Licenses held beyond the quota (only data from before lowering a KSE quota was refused)."""
+        return max(0, self.used - self.quota)
+
+    def kse_quota_refusal(self, quota, organization):
+        """Why a KSE pool with these figures cannot have its quota lowered to `quota`, naming how many
+        licensed users to revoke first; None when it can. Licensed users are the KSE quota, so a
+        quota below them would leave them all licensed and the pool silently floating; offline
+        licenses cannot be revoked at all."""
+        held = self.licensed_users + self.unexpired_offline
+        if quota >= held:
+            return None
+        offline = f" and {self.unexpired_offline} unexpired offline licenses" if self.unexpired_offline else ""
+        holders = f"{self.licensed_users} licensed users{offline} hold {held} licenses"
+        if held - quota <= self.licensed_users:
+            return (
+                f"The KSE quota of {organization} cannot go down to {quota}: {holders}. "
+                f"Revoke {held - quota} licensed users first, then lower the quota."
+            )
+        return (
+            f"The KSE quota of {organization} cannot go down to {quota}: {holders}, and offline licenses "
+            f"cannot be revoked. With every licensed user revoked it can go down to {self.unexpired_offline}."
+        )
+
 
 class LicensePoolQuerySet(models.QuerySet):
     def for_org(self, organization):
         return self.filter(organization=organization)
+
+    def lock_in_order(self):
+        """Lock these pools in id order, the project's lock order for several pools (and never an
+        organization's row after them); returns them. Call inside a transaction."""
+        return list(self.select_for_update(of=("self",)).order_by("pk"))
 
 
 class LicensePool(models.Model):
@@ -183,8 +213,8 @@ class LicensePool(models.Model):
             licensed_users=counts["n_licensed_users"] if self.product == Product.KSE else None,
         )
 
-    def is_in_force(self, now=None):
-        now = now or timezone.now()
+    def is_in_force(self, now):
+        """Whether the subscription runs at `now`, which callers read from the database's clock."""
         return self.starts_at <= now < self.expires_at
 
     @property

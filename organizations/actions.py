@@ -5,15 +5,11 @@ and writes its audit event inside that transaction."""
 from collections.abc import Callable, Iterable
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
-from django.db.models import Exists, OuterRef
-from django.db.models.functions import Lower
+from django.db import IntegrityError, transaction
+from django.db.models.functions import Lower, Now
 from django.utils import timezone
 
-from licenses.models import LicensedUser, LicensePool
-from sessions_app.models import ApiKey, EndReason, EngineSession, Machine
-
-from . import errors
+from . import errors, signals
 from .audit import Action, record, record_each
 from .emails import send_invitation_email
 from .models import INVITATION_LIFETIME, MANAGER_ROLES, Invitation, Membership, Organization, Role
@@ -62,16 +58,21 @@ def _actor_membership(organization: Organization, actor) -> Membership:
     return membership
 
 
-def _require_manager(organization: Organization, actor) -> Membership:
-    membership = _actor_membership(organization, actor)
-    if membership.role not in MANAGER_ROLES:
+def _require_manager(organization: Organization, actor) -> None:
+    # A superuser is the installation's operator (the admin site), whom no organization role
+    # constrains, as in the license actions.
+    if actor.is_superuser:
+        return
+    if _actor_membership(organization, actor).role not in MANAGER_ROLES:
         raise errors.NotAllowed("Only owners and admins manage members.")
-    return membership
 
 
 def _locked_active_membership(organization: Organization, membership_id: int) -> Membership:
+    # of=("self",): the membership row only. Locking the joined user row too would deadlock
+    # remove_member with an activation: removal then waits for the person's pools, while the
+    # activation holding one needs a key-share lock on the same user row to commit its session.
     membership = (
-        Membership.objects.select_for_update()
+        Membership.objects.select_for_update(of=("self",))
         .select_related("user")
         .filter(organization=organization, pk=membership_id)
         .first()
@@ -218,8 +219,9 @@ def revoke_invitation(
     return invitation
 
 
-def check_invitation_usable(invitation: Invitation):
-    """Raise InvitationUnusable with the reason a person can act on, or return quietly."""
+def check_invitation_usable(invitation: Invitation, now=None):
+    """Raise InvitationUnusable with the reason a person can act on, or return quietly. Acceptance
+    passes the database's clock as `now`; the page's early look may use the app's."""
     if invitation.revoked_at:
         raise errors.InvitationUnusable(
             "This invitation was revoked. Ask the organization's owner or an admin for a new one.",
@@ -229,7 +231,7 @@ def check_invitation_usable(invitation: Invitation):
         raise errors.InvitationUnusable(
             "This invitation was already used. Sign in to reach the organization.", code="invitation_used"
         )
-    if invitation.is_expired:
+    if invitation.expires_at <= (now or timezone.now()):
         raise errors.InvitationUnusable(
             "This invitation has expired. Ask the organization's owner or an admin to resend it.",
             code="invitation_expired",
@@ -245,15 +247,20 @@ def accept_invitation(
     password: str | None = None,
     ip_address: str | None = None,
 ):
-    """Join the organization through an invitation link. A signed-in `user` must own the invited
-    email; without one, a new account is made with `name` and `password` (or an account that never
-    had a password gets them). Returns (membership, user). The token works once."""
+    """Join the organization through an invitation link, as one of two people only: a signed-in
+    `user` whose account owns the invited email, or, when nobody is signed in and the email has no
+    account at all, a new account made here with `name` and `password`.
+
+    The link is a bearer token an inviter can copy, so it never sets or changes the password of an
+    existing account, whatever state that password is in (never set, an operator's, a superuser's),
+    and never signs anyone in as it: whoever owns that account signs in first (or sets a password
+    through the reset mail sent to the address itself) and accepts then. Returns (membership, user).
+    The token works once."""
     invitation = Invitation.objects.select_related("organization").get(token=token)
     organization = _lock_organization(invitation.organization)
-    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
-    check_invitation_usable(invitation)
+    invitation = Invitation.objects.select_for_update().annotate(db_now=Now()).get(pk=invitation.pk)
+    check_invitation_usable(invitation, now=invitation.db_now)
 
-    User = get_user_model()
     if user is not None and user.is_authenticated:
         if user.email.lower() != invitation.email.lower():
             raise errors.InvitationForAnotherAccount(
@@ -261,15 +268,7 @@ def accept_invitation(
                 "Sign out first, then open the link again."
             )
     else:
-        user = User.objects.select_for_update().filter(email__iexact=invitation.email).first()
-        if user is not None and user.has_usable_password():
-            raise errors.AccountExists(f"{invitation.email} already has an account: sign in to accept the invitation.")
-        if user is None:
-            user = User.objects.create_user(email=invitation.email, password=password, name=name)
-        else:
-            user.name = name or user.name
-            user.set_password(password)
-            user.save(update_fields=["name", "password"])
+        user = _create_invited_account(invitation.email, name=name, password=password)
 
     membership = Membership.objects.active().filter(organization=organization, user=user).first()
     if membership is None:
@@ -287,6 +286,27 @@ def accept_invitation(
         ip_address=ip_address,
     )
     return membership, user
+
+
+def _create_invited_account(email: str, *, name: str, password: str | None):
+    """A new account for an email that has none; AccountExists for one that has, in any state."""
+    account_exists = errors.AccountExists(
+        f"{email} already has an account. Sign in as {email} to accept the invitation; if that account "
+        "never had a password, or you forgot it, ask for a link to set one: it is mailed to that address."
+    )
+    User = get_user_model()
+    if User.objects.filter(email__iexact=email).exists():
+        raise account_exists
+    if not password:
+        raise errors.NotAllowed("Choose a password for your new account.")
+    try:
+        # A savepoint: another organization's invitation for the same email may be creating the
+        # account right now (its lock is on that organization, not this one); the unique email
+        # decides, and the loser is told the account exists.
+        with transaction.atomic():
+            return User.objects.create_user(email=email, password=password, name=name)
+    except IntegrityError:
+        raise account_exists from None
 
 
 @transaction.atomic
@@ -316,7 +336,34 @@ def change_role(
         after={"role": role},
         ip_address=ip_address,
     )
+    if role not in MANAGER_ROLES:
+        _revoke_invitations_sent_by(
+            organization, membership.user, actor=actor, reason="inviter_demoted", ip_address=ip_address
+        )
     return membership
+
+
+def _revoke_invitations_sent_by(organization: Organization, inviter, *, actor, reason: str, ip_address: str | None):
+    """Revoke the invitations `inviter` sent here that nobody accepted yet, each audited. An
+    invitation carries its sender's authority: once that is gone (removed, or made a member), a link
+    they kept, perhaps to a second address of their own, must not bring anyone in as admin. Called
+    with the organization locked, so no acceptance runs meanwhile."""
+    invitations = list(Invitation.objects.pending().filter(organization=organization, invited_by=inviter))
+    if not invitations:
+        return
+    now = timezone.now()
+    Invitation.objects.filter(pk__in=[invitation.pk for invitation in invitations]).update(revoked_at=now)
+    record_each(
+        invitations,
+        organization=organization,
+        actor=actor,
+        action=Action.INVITATION_REVOKED,
+        describe=lambda invitation: {
+            "target_label": invitation.email,
+            "after": {"reason": reason, "invited_by": inviter.email, "role": invitation.role},
+        },
+        ip_address=ip_address,
+    )
 
 
 @transaction.atomic
@@ -355,12 +402,11 @@ def remove_member(
     *, organization: Organization, actor, membership_id: int, ip_address: str | None = None
 ) -> Membership:
     """Remove a member and everything they hold in this organization: KSE seats are revoked, their
-    sessions end, their machines are deactivated and their keys for this organization revoked."""
+    sessions end, their machines are deactivated and their keys for this organization revoked (by
+    the receivers of signals.member_removed), and the invitations they sent are revoked. The only
+    way a membership ends: the members page and the admin's Remove action both call this."""
     organization = _lock_organization(organization)
     _require_manager(organization, actor)
-    # Activations lock the pool: holding every pool of the organization (in id order, after the
-    # organization, as everywhere) means no session can start for this person half-way through.
-    list(LicensePool.objects.select_for_update().filter(organization=organization).order_by("id"))
     membership = _locked_active_membership(organization, membership_id)
     if membership.role == Role.OWNER:
         raise errors.NotAllowed("Nobody removes the owner. The owner can transfer ownership first.")
@@ -369,22 +415,18 @@ def remove_member(
     user = membership.user
     now = timezone.now()
 
-    seats = (
-        LicensedUser.objects.active().for_org(organization).filter(user=user).update(revoked_at=now, revoked_by=actor)
-    )
-    sessions = EngineSession.objects.filter(pool__organization=organization, user=user).end(EndReason.MEMBER_REMOVED)
-    # A machine somebody else is running a session on right now stays: their license must not
-    # vanish because the last person to activate there was removed.
-    machines = (
-        Machine.objects.filter(pool__organization=organization, user=user)
-        .exclude(Exists(EngineSession.objects.live().filter(machine=OuterRef("pk"))))
-        .deactivate(EndReason.MEMBER_REMOVED)
-    )
-    keys = ApiKey.objects.filter(organization=organization, user=user, revoked_at__isnull=True).update(revoked_at=now)
+    # Licenses and sessions_app end the seats, sessions, machines and keys, in this transaction and
+    # under the pools' locks (see signals.member_removed), and say how many for the audit event.
+    consequences = {}
+    for _receiver, counts in signals.member_removed.send(
+        sender=Membership, organization=organization, user=user, actor=actor, now=now
+    ):
+        consequences.update(counts)
 
     membership.removed_at = now
     membership.removed_by = actor
     membership.save(update_fields=["removed_at", "removed_by"])
+    _revoke_invitations_sent_by(organization, user, actor=actor, reason="inviter_removed", ip_address=ip_address)
     record(
         organization=organization,
         actor=actor,
@@ -392,12 +434,7 @@ def remove_member(
         target=membership,
         target_label=user.email,
         before={"role": membership.role},
-        after={
-            "kse_seats_revoked": seats,
-            "sessions_ended": sessions,
-            "machines_deactivated": machines,
-            "api_keys_revoked": keys,
-        },
+        after=consequences,
         ip_address=ip_address,
     )
     return membership

@@ -1,6 +1,8 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
+from . import actions, errors
+from .audit import client_ip
 from .forms import UserChangeAdminForm, UserCreationAdminForm
 from .models import AuditEvent, Invitation, Membership, Organization, User
 
@@ -25,7 +27,9 @@ class UserAdmin(DjangoUserAdmin):
 
 
 # Removing a member is remove_member's work (seats revoked, sessions ended, machines and keys
-# deactivated, audited): a membership marked removed here would keep all of that.
+# deactivated, their invitations revoked, audited; the owner is never removed). A membership marked
+# removed or deleted here would skip all of that, so neither is possible: the Remove action calls
+# remove_member.
 MEMBERSHIP_REMOVAL_FIELDS = ["removed_at", "removed_by"]
 
 
@@ -35,6 +39,10 @@ class MembershipInline(admin.TabularInline):
     extra = 0
     raw_id_fields = ["user"]
     readonly_fields = MEMBERSHIP_REMOVAL_FIELDS
+    can_delete = False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Organization)
@@ -48,11 +56,40 @@ class OrganizationAdmin(admin.ModelAdmin):
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
     list_display = ["user", "organization", "role", "joined_at", "removed_at"]
-    list_filter = ["role"]
+    list_filter = ["role", ("removed_at", admin.EmptyFieldListFilter)]
     search_fields = ["user__email", "organization__name", "organization__public_id"]
     list_select_related = ["user", "organization"]
     raw_id_fields = ["user", "organization"]
     readonly_fields = MEMBERSHIP_REMOVAL_FIELDS
+    actions = ["remove_members"]
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(
+        description="Remove the selected members (their licenses, sessions, machines and keys there end)",
+        permissions=["change"],
+    )
+    def remove_members(self, request, queryset):
+        removed = 0
+        for membership in queryset.select_related("user", "organization").filter(removed_at__isnull=True):
+            try:
+                actions.remove_member(
+                    organization=membership.organization,
+                    actor=request.user,
+                    membership_id=membership.pk,
+                    ip_address=client_ip(request),
+                )
+            except errors.MembershipRefusal as refusal:
+                self.message_user(
+                    request,
+                    f"{membership.user} was not removed from {membership.organization}: {refusal.message}",
+                    messages.ERROR,
+                )
+            else:
+                removed += 1
+        if removed:
+            self.message_user(request, f"Removed {removed} member(s).", messages.SUCCESS)
 
 
 @admin.register(Invitation)

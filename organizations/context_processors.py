@@ -1,5 +1,5 @@
 from .models import Membership
-from .permissions import LAST_ORGANIZATION_COOKIE
+from .permissions import last_organization_id
 
 
 def organizations(request):
@@ -20,7 +20,7 @@ def _organizations(request, user):
     )
     current = getattr(request, "organization", None)
     if current is None and memberships:
-        last = request.COOKIES.get(LAST_ORGANIZATION_COOKIE)
+        last = last_organization_id(request)
         current = next((m.organization for m in memberships if m.organization.public_id == last), None)
         current = current or memberships[0].organization
     return {

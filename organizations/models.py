@@ -6,7 +6,7 @@ from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import IntegrityError, models, transaction
 from django.db.models import Case, Exists, F, OuterRef, Q, Subquery, When
-from django.db.models.functions import Lower
+from django.db.models.functions import Lower, Now
 from django.urls import reverse
 from django.utils import timezone
 
@@ -236,7 +236,7 @@ class InvitationQuerySet(models.QuerySet):
         return self.filter(accepted_at__isnull=True, revoked_at__isnull=True)
 
     def usable(self):
-        return self.pending().filter(expires_at__gt=timezone.now())
+        return self.pending().filter(expires_at__gt=Now())
 
 
 class Invitation(models.Model):

@@ -1,6 +1,7 @@
 """How a page finds its organization: from the URL, among the signed-in person's memberships only,
 so another organization's page or object is a 404, never a 403 that confirms it exists."""
 
+import re
 from functools import wraps
 
 from django.conf import settings
@@ -15,6 +16,15 @@ from .models import Membership
 # the session, so recording it costs no database write; it only ever picks among the person's own
 # memberships, so a forged value reaches nothing.
 LAST_ORGANIZATION_COOKIE = "last_organization"
+# What an organization id in a URL can be (a slug, as long as the column); anything else in the
+# cookie (a NUL byte, say, which PostgreSQL refuses in a query) is treated as no cookie at all.
+ORGANIZATION_ID = re.compile(r"[-a-zA-Z0-9_]{1,20}")
+
+
+def last_organization_id(request):
+    """The organization id the person last worked in, from their cookie; None when absent or malformed."""
+    value = request.COOKIES.get(LAST_ORGANIZATION_COOKIE, "")
+    return value if ORGANIZATION_ID.fullmatch(value) else None
 
 
 def org_member_required(view):

@@ -20,6 +20,7 @@ urlpatterns = [
     path("o/<slug:org_id>/", views.org_home, name="org_home"),
     path("o/<slug:org_id>/members/", include(member_urls)),
     path("invitations/<slug:token>/", views.accept_invitation, name="accept_invitation"),
+    path("invitations/<slug:token>/set-password/", views.invitation_password_link, name="invitation_password_link"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path(
         "accounts/password_reset/",

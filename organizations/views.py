@@ -15,9 +15,9 @@ from licenses.models import LicensePool, Product
 from . import actions, errors
 from .audit import client_ip
 from .csv_stream import streaming_csv_response
-from .forms import InviteForm, RoleForm, SignUpForm, TransferOwnershipForm
+from .forms import InviteForm, RoleForm, SetFirstPasswordResetForm, SignUpForm, TransferOwnershipForm
 from .models import Invitation, Membership, Organization, Role, User
-from .permissions import LAST_ORGANIZATION_COOKIE, org_manager_required, org_member_required, org_owner_required
+from .permissions import last_organization_id, org_manager_required, org_member_required, org_owner_required
 
 MEMBERS_TEMPLATE = "organizations/members.html"
 ACTIVE_PER_PAGE = 50
@@ -28,7 +28,7 @@ REMOVED_SHOWN = 50
 def home(request):
     """The licenses of the organization the person last worked in, else of their first one."""
     organizations = Organization.objects.for_user(request.user).order_by("name")
-    last = request.COOKIES.get(LAST_ORGANIZATION_COOKIE)
+    last = last_organization_id(request)
     organization = (last and organizations.filter(public_id=last).first()) or organizations.first()
     if organization is None:
         return render(request, "organizations/no_organization.html")
@@ -175,6 +175,12 @@ def change_role(request, membership_id):
     membership = _active_membership_or_404(request, membership_id)
     form = RoleForm(request.POST)
     error = notice = None
+    # Making someone a member revokes the invitations they sent (see actions.change_role).
+    revokes_invitations = (
+        form.is_valid()
+        and form.cleaned_data["role"] == Role.MEMBER
+        and Invitation.objects.pending().filter(organization=request.organization, invited_by=membership.user).exists()
+    )
     if not form.is_valid():
         error = "Choose Admin or Member."
     else:
@@ -191,8 +197,10 @@ def change_role(request, membership_id):
         else:
             notice = f"{membership.user.display_name} is now {Role(membership.role).label.lower()}."
     if request.htmx:
-        if membership.user_id == request.user.pk and not error:
-            # You changed your own role: what you may do on this page changed everywhere.
+        if not error and (membership.user_id == request.user.pk or revokes_invitations):
+            # Your own role changed, or the pending invitations did: more than the row changed. (A
+            # row's answer cannot carry the pending list out of band: it is parsed as table content.)
+            _flash(request, notice=notice)
             return HttpResponseClientRefresh()
         return _member_row(request, membership.pk, row_error=error, row_notice=notice)
     _flash(request, error=error, notice=notice)
@@ -218,9 +226,10 @@ def remove(request, membership_id):
         notice = f"{membership.user.display_name} was removed; their licenses, sessions and machines here ended."
         if request.htmx:
             context = {**_base_context(request), **_removed_context(request), "active_count": _active_count(request)}
-            context["removed_notice"] = notice
-            # The row's own swap is empty: the row goes, the removed list and the count follow.
-            return _render_fragments(request, context, "removed", "active-count", swap_first=False)
+            context.update(_pending_context(request), removed_notice=notice)
+            # The row's own swap is empty: the row goes; the removed list, the count and the pending
+            # invitations (theirs were revoked with them) follow.
+            return _render_fragments(request, context, "removed", "active-count", "pending", swap_first=False)
         messages.success(request, notice)
     return redirect(_members_url(request, request.POST.get("page")))
 
@@ -326,26 +335,32 @@ def export_members(request):
     return streaming_csv_response(header=CSV_COLUMNS, rows=rows, filename=f"members-{organization.public_id}.csv")
 
 
-def accept_invitation(request, token):
+def _usable_invitation_or_refusal(request, token):
+    """(invitation, None) for a link that can still be accepted, else (None, the page saying why)."""
     invitation = Invitation.objects.select_related("organization", "invited_by").filter(token=token).first()
     if invitation is None:
         message = "This invitation link is not valid. Check that you copied all of it, or ask for a new invitation."
-        return render(request, "organizations/invitation_unusable.html", {"message": message}, status=404)
+        return None, render(request, "organizations/invitation_unusable.html", {"message": message}, status=404)
     try:
         actions.check_invitation_usable(invitation)
     except errors.InvitationUnusable as refusal:
-        return render(
-            request,
-            "organizations/invitation_unusable.html",
-            {"message": refusal.message, "invitation": invitation},
-            status=410,
-        )
+        context = {"message": refusal.message, "invitation": invitation}
+        return None, render(request, "organizations/invitation_unusable.html", context, status=410)
+    return invitation, None
+
+
+def accept_invitation(request, token):
+    """Three cases, and the page says which applies: signed in as the invited account (accept with
+    one click); an address with an account (sign in as it first, or have a link to set its password
+    mailed to the address); an address with no account (create one here)."""
+    invitation, refusal_page = _usable_invitation_or_refusal(request, token)
+    if refusal_page is not None:
+        return refusal_page
 
     signed_in = request.user.is_authenticated
     wrong_account = signed_in and request.user.email.lower() != invitation.email.lower()
-    existing = None if signed_in else User.objects.filter(email__iexact=invitation.email).first()
-    # An account an operator made without a password signs up here; any other must sign in.
-    has_account = existing is not None and existing.has_usable_password()
+    # Any account at all, whatever its password: the link never signs anyone in as it.
+    has_account = not signed_in and User.objects.filter(email__iexact=invitation.email).exists()
     form = SignUpForm(email=invitation.email) if not signed_in and not has_account else None
     error = None
     if request.method == "POST" and not wrong_account and not has_account:
@@ -360,19 +375,58 @@ def accept_invitation(request, token):
                     password=None if signed_in else form.cleaned_data["password"],
                     ip_address=client_ip(request),
                 )
+            except errors.AccountExists as refusal:
+                # Made by someone else since the page was shown: the existing-account case now.
+                error, has_account, form = refusal.message, True, None
             except errors.MembershipRefusal as refusal:
                 error = refusal.message
             else:
                 if not signed_in:
+                    # Only ever the account this request just created.
                     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
                 messages.success(request, f"Welcome to {invitation.organization.name}.")
                 return redirect("org_home", invitation.organization.public_id)
+    return _accept_page(
+        request, invitation, form=form, wrong_account=wrong_account, has_account=has_account, error=error
+    )
+
+
+def _accept_page(request, invitation, *, form=None, wrong_account=False, has_account=False, error=None, notice=None):
     context = {
         "invitation": invitation,
         "form": form,
         "wrong_account": wrong_account,
         "has_account": has_account,
         "error": error,
+        "notice": notice,
         "login_url": f"{reverse('login')}?{urlencode({'next': invitation.get_absolute_url()})}",
     }
     return render(request, "organizations/accept_invitation.html", context)
+
+
+@require_POST
+def invitation_password_link(request, token):
+    """Mail a link to set the invited account's password to the invited address itself: the way in
+    for an account that never had a password (an owner made by create_organization, say). Whoever
+    holds the mailbox sets it, signs in and accepts; nobody else learns anything new."""
+    invitation, refusal_page = _usable_invitation_or_refusal(request, token)
+    if refusal_page is not None:
+        return refusal_page
+    if request.user.is_authenticated:
+        return redirect(invitation.get_absolute_url())
+    reset = SetFirstPasswordResetForm({"email": invitation.email})
+    if reset.is_valid():
+        reset.save(
+            request=request,
+            use_https=request.is_secure(),
+            email_template_name="registration/password_reset_email.html",
+            extra_email_context={
+                "invitation_url": request.build_absolute_uri(invitation.get_absolute_url()),
+                "organization_name": invitation.organization.name,
+            },
+        )
+    notice = (
+        f"If {invitation.email} has an active account, a link to set its password is on its way to that address. "
+        "Follow it, sign in, and open this invitation again to accept."
+    )
+    return _accept_page(request, invitation, has_account=True, notice=notice)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import BooleanField, Case, Exists, ExpressionWrapper, OuterRef, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -21,7 +21,16 @@ from licenses.models import LicensePool, Product
 from organizations.audit import Action, record
 from organizations.models import Membership, Organization
 
-from .models import ApiKey, EndReason, EngineSession, IdempotencyRecord, Machine, RateLimitCounter, hash_api_key
+from .models import (
+    MACHINE_SEEN_RESOLUTION,
+    ApiKey,
+    EndReason,
+    EngineSession,
+    IdempotencyRecord,
+    Machine,
+    RateLimitCounter,
+    hash_api_key,
+)
 
 IDEMPOTENCY_RETENTION = timedelta(hours=48)
 # A claim older than this without an answer belongs to a request that died (a killed worker, a lost
@@ -37,18 +46,22 @@ class Activation:
     session: EngineSession
     pool: LicensePool
     machine: Machine
-    sessions_used: int
+    licenses_used: int  # against the quota: RE live sessions, KSE licensed users; offline licenses for both
     machines_used: int
 
 
-def _lock_pool(pool_id):
+def _lock_pools(chosen_id, *, ending=None):
+    """Lock the pool an activation counts against and, for release_previous, every pool holding one
+    of the sessions it ends (`ending`): in one statement, in id order (the project's lock order for
+    several pools; no organization row is locked here, nor ever after a pool). Returns the chosen
+    pool, with the database's clock as `db_now`, and the ids of every pool locked."""
     # of=("self",): the joined organization row must stay unlocked (see licenses.actions._lock_pool).
-    return (
-        LicensePool.objects.select_for_update(of=("self",))
-        .select_related("organization")
-        .annotate(db_now=Now())
-        .get(pk=pool_id)
-    )
+    pools = LicensePool.objects.select_for_update(of=("self",)).select_related("organization").annotate(db_now=Now())
+    if ending is None:
+        pool = pools.get(pk=chosen_id)
+        return pool, {pool.pk}
+    locked = list(pools.filter(Q(pk=chosen_id) | Q(pk__in=ending.values("pool_id"))).order_by("pk"))
+    return next(pool for pool in locked if pool.pk == chosen_id), {pool.pk for pool in locked}
 
 
 def _choose_pool(*, api_key, user, product, org_id):
@@ -103,8 +116,16 @@ def _activate_locked(
     *, api_key, user, product, machine_id, org_id, hostname, engine_version, release_previous, ephemeral, on_granted
 ):
     chosen = _choose_pool(api_key=api_key, user=user, product=product, org_id=org_id)
+    previous = None
+    if release_previous:
+        previous = EngineSession.objects.filter(
+            user=user, pool__product=product, machine__machine_id=machine_id, ended_at__isnull=True
+        )
+        if api_key is not None and api_key.organization_id is not None:
+            # A key restricted to one organization acts in no other, here as in heartbeat and release.
+            previous = previous.filter(pool__organization_id=api_key.organization_id)
     with transaction.atomic():
-        pool = _lock_pool(chosen.pk)
+        pool, locked_pool_ids = _lock_pools(chosen.pk, ending=previous)
         now = pool.db_now
         # Membership was read before the lock; removing a member may have committed since.
         if not Membership.objects.active().filter(user=user, organization_id=pool.organization_id).exists():
@@ -127,34 +148,34 @@ def _activate_locked(
                 f"{Product(pool.product).label} licenses."
             )
 
-        if release_previous:
-            previous = EngineSession.objects.filter(
-                user=user, pool__product=product, machine__machine_id=machine_id, ended_at__isnull=True
-            )
-            if api_key is not None and api_key.organization_id is not None:
-                # A key restricted to one organization acts in no other, here as in heartbeat and release.
-                previous = previous.filter(pool__organization_id=api_key.organization_id)
-            previous.end(EndReason.RELEASED)
+        if previous is not None:
+            # Only in pools this transaction holds; a session another pool gained since the lock
+            # statement read them is as if it came after this activation.
+            previous.filter(pool_id__in=locked_pool_ids).end(EndReason.RELEASED)
+
         if product == Product.KSE:
-            # One licensed user, one machine: signing in here signs the other machine out.
-            EngineSession.objects.filter(pool=pool, user=user, ended_at__isnull=True).exclude(
-                machine__machine_id=machine_id
-            ).end(EndReason.SIGNED_IN_ELSEWHERE)
+            machine = pool.machines.registered().filter(machine_id=machine_id).first()
+            _end_earlier_kse_session(pool, user, machine)
+            # The KSE quota counts licensed users (and offline licenses), never sessions: granting
+            # keeps those within it, so a licensed user is never refused here for quota.
+            licenses_used = pool.licensed_users.active().count() + pool.offline_licenses.unexpired().count()
+        else:
+            live = pool.sessions.live().count()
+            offline = pool.offline_licenses.unexpired().count()
+            if live + offline >= pool.quota:
+                raise errors.SessionQuotaExceeded(
+                    _session_quota_message(pool, live, offline),
+                    details={"quota": pool.quota, "live_sessions": live, "offline_licenses": offline},
+                )
+            licenses_used = live + offline + 1
+            machine = pool.machines.registered().filter(machine_id=machine_id).first()
 
-        live = pool.sessions.live().count()
-        offline = pool.offline_licenses.unexpired().count()
-        if live + offline >= pool.quota:
-            raise errors.SessionQuotaExceeded(
-                _session_quota_message(pool, live, offline),
-                details={"quota": pool.quota, "live_sessions": live, "offline_licenses": offline},
-            )
-
-        machine = pool.machines.registered().filter(machine_id=machine_id).first()
         if machine is None:
+            # Lapsed leases end first, moving their machines' last_seen_at to now: a machine whose
+            # engine heartbeated a minute ago is never taken for idle, and a killed ephemeral
+            # container's machine is as gone as one that released, before expire_sessions runs.
+            pool.sessions.lapsed().end(EndReason.EXPIRED)
             Machine.objects.idle_for_pool(pool).deactivate("idle")
-            # A killed container never releases: once its lease lapses its ephemeral machine is as
-            # gone as one that released, so end those leases now instead of waiting for expire_sessions.
-            pool.sessions.lapsed().filter(machine__ephemeral=True).end(EndReason.EXPIRED)
             registered = pool.machines.registered().count()
             if registered >= pool.machine_quota:
                 raise errors.MachineQuotaExceeded(
@@ -191,11 +212,20 @@ def _activate_locked(
             lease_expires_at=now + timedelta(seconds=pool.lease_seconds),
         )
         activation = Activation(
-            session=session, pool=pool, machine=machine, sessions_used=live + offline + 1, machines_used=registered
+            session=session, pool=pool, machine=machine, licenses_used=licenses_used, machines_used=registered
         )
         if on_granted is not None:
             on_granted(activation)
         return activation
+
+
+def _end_earlier_kse_session(pool, user, machine):
+    """KSE: one licensed user, one session. Their open session in this pool ends: on this machine
+    (a restarted or crashed Studio activating again) as released, on another as signed_in_elsewhere."""
+    reason = EndReason.SIGNED_IN_ELSEWHERE
+    if machine is not None:
+        reason = Case(When(machine=machine, then=Value(EndReason.RELEASED)), default=Value(reason))
+    EngineSession.objects.filter(pool=pool, user=user).end(reason)
 
 
 def activate(
@@ -273,10 +303,24 @@ def _record_refusal(refusal, *, api_key, user, product, machine_id, org_id, ip_a
 
 
 def _session_for(user, session_id, organization):
+    """The person's session, with the database's clock (`db_now`) and whether they are still an
+    active member of its pool's organization (`is_member`), all in the one statement heartbeat and
+    release already run: the hot path pays no extra query for the membership check."""
     sessions = EngineSession.objects.filter(public_id=session_id, user=user)
     if organization is not None:
         sessions = sessions.filter(pool__organization=organization)
-    session = sessions.select_related("pool__organization", "machine").annotate(db_now=Now()).first()
+    session = (
+        sessions.select_related("pool__organization", "machine")
+        .annotate(
+            db_now=Now(),
+            is_member=Exists(
+                Membership.objects.active().filter(
+                    user_id=OuterRef("user_id"), organization_id=OuterRef("pool__organization_id")
+                )
+            ),
+        )
+        .first()
+    )
     if session is None:
         raise errors.SessionNotFound(f"No session {session_id} of yours exists.")
     return session
@@ -297,7 +341,11 @@ def heartbeat(*, user, session_id: str, organization: Organization | None = None
         session = _session_for(user, session_id, organization)
         now = session.db_now
         if session.ended_at is None and session.lease_expires_at > now:
-            if not session.pool.is_in_force(now):
+            if not session.is_member:
+                # Removed behind remove_member's back (as a membership deleted in the admin used to
+                # be): the session ends now, and the engine is told why.
+                EngineSession.objects.filter(pk=session.pk).end(EndReason.MEMBER_REMOVED)
+            elif not session.pool.is_in_force(now):
                 EngineSession.objects.filter(pk=session.pk).end(EndReason.LICENSE_EXPIRED)
             else:
                 lease_expires_at = now + timedelta(seconds=session.pool.lease_seconds)
@@ -309,13 +357,22 @@ def heartbeat(*, user, session_id: str, organization: Organization | None = None
                 if extended:
                     session.lease_expires_at = lease_expires_at
                     session.last_heartbeat_at = now
+                    _note_machine_seen(session.machine, now)
                     return session
         EngineSession.objects.filter(pk=session.pk).lapsed().end(EndReason.EXPIRED)
     session.refresh_from_db(fields=["ended_at", "end_reason", "lease_expires_at"])
     raise _terminated(session)
 
 
-@transaction.atomic
+def _note_machine_seen(machine, now):
+    """Keep the machine's last_seen_at current for idle deregistration and the pages, at most once per
+    MACHINE_SEEN_RESOLUTION: the session lookup already read it, so most heartbeats write nothing."""
+    if machine.last_seen_at > now - MACHINE_SEEN_RESOLUTION:
+        return
+    Machine.objects.filter(pk=machine.pk, last_seen_at__lt=now).update(last_seen_at=now)
+    machine.last_seen_at = now
+
+
 def release_session(
     *,
     user,
@@ -325,26 +382,53 @@ def release_session(
     by_person: bool = False,
 ) -> EngineSession:
     """End the person's own session (reason released) and free its license at once. Releasing a
-    session that has already ended changes nothing and answers the same.
+    session that has already ended changes nothing and answers the same. Someone who is no longer a
+    member of the session's organization is refused (410), and a session still open ends then with
+    reason `member_removed`.
 
     An engine releasing at the end of its run is routine and not audited; a person ending a session
     from the portal (`by_person`) is, like an admin's withdrawal."""
-    session = _session_for(user, session_id, organization)
-    if session.ended_at is None:
-        ended = EngineSession.objects.filter(pk=session.pk).end(EndReason.RELEASED)
-        session.refresh_from_db(fields=["ended_at", "end_reason"])
-        if by_person and ended:
-            record(
-                organization=session.pool.organization,
-                actor=user,
-                action=Action.SESSION_ENDED,
-                target=session,
-                target_label=f"{session.public_id} on {session.hostname or session.machine.machine_id}",
-                before={"status": "live"},
-                after={"status": "ended", "reason": EndReason.RELEASED},
-                ip_address=ip_address,
-            )
+    with transaction.atomic():
+        session = _session_for(user, session_id, organization)
+        if not session.is_member:
+            EngineSession.objects.filter(pk=session.pk).end(EndReason.MEMBER_REMOVED)
+        elif session.ended_at is None:
+            ended = EngineSession.objects.filter(pk=session.pk).end(EndReason.RELEASED)
+            session.refresh_from_db(fields=["ended_at", "end_reason"])
+            if by_person and ended:
+                record(
+                    organization=session.pool.organization,
+                    actor=user,
+                    action=Action.SESSION_ENDED,
+                    target=session,
+                    target_label=f"{session.public_id} on {session.hostname or session.machine.machine_id}",
+                    before={"status": "live"},
+                    after={"status": "ended", "reason": EndReason.RELEASED},
+                    ip_address=ip_address,
+                )
+    if not session.is_member:
+        # Outside the transaction, so the session's end is committed before the refusal is raised.
+        session.refresh_from_db(fields=["ended_at", "end_reason", "lease_expires_at"])
+        raise _terminated(session)
     return session
+
+
+def end_what_a_removed_member_holds(sender, *, organization: Organization, user, now, **kwargs) -> dict:
+    """organizations.signals.member_removed: the person's sessions in that organization end (reason
+    `member_removed`), the machines they activated last are deactivated, and their keys restricted
+    to it are revoked. Under the organization's pool locks, taken in id order like every
+    activation's, so no session can start for them meanwhile (whichever receiver runs first)."""
+    LicensePool.objects.for_org(organization).lock_in_order()
+    sessions = EngineSession.objects.filter(pool__organization=organization, user=user).end(EndReason.MEMBER_REMOVED)
+    # A machine somebody else is running a session on right now stays: their license must not
+    # vanish because the last person to activate there was removed.
+    machines = (
+        Machine.objects.filter(pool__organization=organization, user=user)
+        .exclude(Exists(EngineSession.objects.live().filter(machine=OuterRef("pk"))))
+        .deactivate(EndReason.MEMBER_REMOVED)
+    )
+    keys = ApiKey.objects.filter(organization=organization, user=user, revoked_at__isnull=True).update(revoked_at=now)
+    return {"sessions_ended": sessions, "machines_deactivated": machines, "api_keys_revoked": keys}
 
 
 @dataclass(frozen=True)
@@ -423,9 +507,7 @@ def expire_sessions() -> Housekeeping:
     ):
         deregistered += _deregister_idle_machines(pool_id)
 
-    idempotency_deleted, _ = IdempotencyRecord.objects.filter(
-        created_at__lt=timezone.now() - IDEMPOTENCY_RETENTION
-    ).delete()
+    idempotency_deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=Now() - IDEMPOTENCY_RETENTION).delete()
     cutoff = int(timezone.now().timestamp()) - RATE_LIMIT_RETENTION_SECONDS
     counters_deleted, _ = RateLimitCounter.objects.filter(window_start__lt=cutoff).delete()
     return Housekeeping(
@@ -539,30 +621,42 @@ def request_fingerprint(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def claim_idempotency_key(*, user, key: str, fingerprint: str) -> IdempotencyClaim:
-    """Claim `key` for a request, or find the answer a finished one left. The claim commits at once
-    (its own transaction), so a concurrent duplicate sees it and is told the key is in use instead
-    of waiting on a row lock or taking a second license."""
+def claim_idempotency_key(*, api_key: ApiKey, key: str, fingerprint: str) -> IdempotencyClaim:
+    """Claim `key` for a request made with `api_key`, or find the answer a finished one left with
+    that same API key (another key's request, even the same person's, is decided afresh). The claim
+    commits at once (its own transaction), so a concurrent duplicate sees it and is told the key is
+    in use instead of waiting on a row lock or taking a second license."""
     for _ in range(3):
-        existing = IdempotencyRecord.objects.filter(user=user, key=key).first()
+        # Claims are timed by the database's clock, so web hosts whose clocks differ agree on when
+        # a claim was abandoned.
+        existing = (
+            IdempotencyRecord.objects.filter(api_key=api_key, key=key)
+            .annotate(
+                abandoned=ExpressionWrapper(
+                    Q(created_at__lte=Now() - IDEMPOTENCY_CLAIM_TIMEOUT), output_field=BooleanField()
+                )
+            )
+            .first()
+        )
         if existing is None:
             try:
                 with transaction.atomic():
-                    return IdempotencyClaim(
-                        IdempotencyRecord.objects.create(user=user, key=key, request_fingerprint=fingerprint), False
+                    claim = IdempotencyRecord.objects.create(
+                        api_key=api_key, key=key, request_fingerprint=fingerprint, created_at=Now()
                     )
+                    return IdempotencyClaim(claim, False)
             except IntegrityError:
                 continue
         if existing.request_fingerprint != fingerprint:
             raise errors.IdempotencyKeyReused()
         if existing.status_code is not None:
             return IdempotencyClaim(existing, True)
-        if existing.created_at > timezone.now() - IDEMPOTENCY_CLAIM_TIMEOUT:
+        if not existing.abandoned:
             raise errors.IdempotencyKeyInUse()
         # The request that claimed it died without answering; take the claim over.
         if IdempotencyRecord.objects.filter(
             pk=existing.pk, status_code__isnull=True, created_at=existing.created_at
-        ).update(created_at=timezone.now()):
+        ).update(created_at=Now()):
             existing.refresh_from_db()
             return IdempotencyClaim(existing, False)
     raise errors.IdempotencyKeyInUse()

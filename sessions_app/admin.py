@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from licenses import actions as license_actions
-from licenses.usage import forget_rollup
+from licenses.errors import LicenseRefusal
 from organizations.audit import client_ip
 
 from . import actions
@@ -24,13 +24,22 @@ class MachineAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # Deleting would take the machine's sessions with it, unended and unaudited: deactivate it.
+        return False
+
     @admin.action(description="Deactivate the selected machines (their sessions end)")
     def deactivate(self, request, queryset):
-        deactivated = sum(
-            license_actions.deactivate_machine(machine=machine, actor=request.user, ip_address=client_ip(request))
-            for machine in queryset
-        )
-        self.message_user(request, f"Deactivated {deactivated} machine(s).", messages.SUCCESS)
+        deactivated = 0
+        for machine in queryset.select_related("pool__organization"):
+            try:
+                deactivated += license_actions.deactivate_machine(
+                    machine=machine, actor=request.user, ip_address=client_ip(request)
+                )
+            except LicenseRefusal as refusal:
+                self.message_user(request, f"{machine} was not deactivated: {refusal.message}", messages.ERROR)
+        if deactivated:
+            self.message_user(request, f"Deactivated {deactivated} machine(s).", messages.SUCCESS)
 
 
 @admin.register(EngineSession)
@@ -49,14 +58,10 @@ class EngineSessionAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-    # A deleted session leaves the pool's past usage: the rolled-up hours are recomputed.
-    def delete_model(self, request, obj):
-        forget_rollup([obj.pool_id])
-        super().delete_model(request, obj)
-
-    def delete_queryset(self, request, queryset):
-        forget_rollup(set(queryset.values_list("pool_id", flat=True)))
-        super().delete_queryset(request, queryset)
+    def has_delete_permission(self, request, obj=None):
+        # A deleted session frees its license without an end, a reason or an audit event; the
+        # Licenses page ends sessions.
+        return False
 
 
 @admin.register(ApiKey)
@@ -77,8 +82,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected API keys")
     def revoke(self, request, queryset):
-        revoked = sum(
-            actions.revoke_api_key(api_key=api_key, actor=request.user, ip_address=client_ip(request))
-            for api_key in queryset.select_related("user", "organization")
-        )
-        self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
+        revoked = 0
+        for api_key in queryset.select_related("user", "organization"):
+            try:
+                revoked += actions.revoke_api_key(api_key=api_key, actor=request.user, ip_address=client_ip(request))
+            except LicenseRefusal as refusal:
+                self.message_user(request, f"{api_key} was not revoked: {refusal.message}", messages.ERROR)
+        if revoked:
+            self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)

@@ -275,7 +275,7 @@ def activation_body(activation):
         "machine": {"machine_id": machine.machine_id, "registered_at": iso(machine.registered_at)},
         "license": {"expires_at": iso(pool.expires_at)},
         "usage": {
-            "sessions": {"used": activation.sessions_used, "quota": pool.quota},
+            "sessions": {"used": activation.licenses_used, "quota": pool.quota},
             "machines": {"used": activation.machines_used, "quota": pool.machine_quota},
         },
     }
@@ -303,7 +303,7 @@ def activate(request):
         return JsonResponse(activation_body(grant()), status=201)
 
     claim = actions.claim_idempotency_key(
-        user=api_key.user, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
+        api_key=api_key, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
     )
     if claim.replay:
         return JsonResponse(claim.record.response_body, status=claim.record.status_code)

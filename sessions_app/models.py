@@ -1,6 +1,7 @@
 import hashlib
 import hmac
 import secrets
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -42,13 +43,24 @@ class MachineQuerySet(models.QuerySet):
         ).deactivate("ephemeral")
 
     def idle_for_pool(self, pool):
-        """Registered machines past the pool's idle limit with no live session: due for deregistration."""
+        """Registered machines of the pool idle longer than its idle limit, by the database's clock:
+        not seen within it, and no session on them open (live or lapsed) or ended within it. Due for
+        deregistration. A machine with a live or recently live session is never among them, however
+        stale its last_seen_at (which heartbeats only refresh every MACHINE_SEEN_RESOLUTION)."""
         if not pool.machine_idle_days:
             return self.none()
-        cutoff = timezone.now() - timezone.timedelta(days=pool.machine_idle_days)
-        return self.filter(pool=pool, deactivated_at__isnull=True, last_seen_at__lt=cutoff).exclude(
-            Exists(EngineSession.objects.live().filter(machine=OuterRef("pk")))
+        cutoff = Now() - timedelta(days=pool.machine_idle_days)
+        recent_session = EngineSession.objects.filter(machine=OuterRef("pk")).filter(
+            Q(ended_at__isnull=True) | Q(ended_at__gt=cutoff)
         )
+        return self.filter(pool=pool, deactivated_at__isnull=True, last_seen_at__lt=cutoff).exclude(
+            Exists(recent_session)
+        )
+
+
+# Heartbeats move a machine's last_seen_at only once it is this old: idle limits are whole days,
+# and a write to the machine row on every heartbeat would double the hot path's writes.
+MACHINE_SEEN_RESOLUTION = timedelta(minutes=15)
 
 
 class Machine(models.Model):
@@ -251,9 +263,11 @@ class ApiKey(models.Model):
 
 
 class IdempotencyRecord(models.Model):
-    """The first answer to a request carrying an Idempotency-Key, replayed to its retries."""
+    """The first answer to a request carrying an Idempotency-Key, replayed to its retries made with
+    the same API key. Scoped to the API key, not its person: one person's keys may be restricted to
+    different organizations, and a retry with another key is another request, decided afresh."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)
     request_fingerprint = models.CharField(max_length=64)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Empty while in progress.")
@@ -261,7 +275,9 @@ class IdempotencyRecord(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "key"], name="one_record_per_idempotency_key")]
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "key"], name="one_record_per_api_key_and_idempotency_key")
+        ]
 
     def __str__(self):
         return self.key

@@ -132,7 +132,11 @@ SCHEMAS = {
                 "type": "object",
                 "required": ["sessions", "machines"],
                 "properties": {
-                    "sessions": {"$ref": "#/components/schemas/Figure"},
+                    "sessions": {
+                        "$ref": "#/components/schemas/Figure",
+                        "description": "Licenses in use against the quota, this session included: RE live "
+                        "sessions, KSE licensed users, each plus unexpired offline licenses.",
+                    },
                     "machines": {"$ref": "#/components/schemas/Figure"},
                 },
             },
@@ -223,9 +227,10 @@ PATHS = {
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
-                    "description": "A retry with the same key and body returns the first answer, a refusal "
-                    "included, and takes nothing more, for at least 24 hours; send a new key for a fresh "
-                    "decision. A 503 is not stored: its retry is served.",
+                    "description": "A retry with the same key and body, sent with the same API key, returns the "
+                    "first answer, a refusal included, and takes nothing more, for at least 24 hours; send a new "
+                    "key for a fresh decision. A request with another API key is decided afresh. A 503 is not "
+                    "stored: its retry is served.",
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
                 }
             ],

@@ -24,7 +24,7 @@ def test_provisioning_creates_a_pool_with_the_defaults(organization, owner):
     pool = result.pool
     assert result.created
     assert (pool.quota, pool.machine_quota, pool.lease_seconds, pool.machine_idle_days) == (10, 10, 300, None)
-    assert pool.is_in_force()
+    assert pool.is_in_force(timezone.now())
     one_year = timezone.now().date().replace(year=timezone.now().year + 1) - timedelta(days=1)
     assert pool.expires_at == datetime(one_year.year, one_year.month, one_year.day, 23, 59, 59, tzinfo=UTC)
     assert audit_actions(organization).count("pool.provisioned") == 1
@@ -261,6 +261,18 @@ def test_deactivating_a_machine_ends_its_sessions_and_frees_its_slot(re_pool, ad
     assert not actions.deactivate_machine(machine=machine, actor=admin_user)
 
 
+def test_deactivating_an_ephemeral_machine_records_that_it_was_deactivated(re_pool, admin_user):
+    """Issue 13, item 8: the reason says what happened (an admin deactivated it), not "ephemeral",
+    although its last session ended with it."""
+    machine = factories.MachineFactory(pool=re_pool, ephemeral=True)
+    session = factories.EngineSessionFactory(pool=re_pool, machine=machine)
+    assert actions.deactivate_machine(machine=machine, actor=admin_user)
+    machine.refresh_from_db()
+    assert machine.deactivation_reason == "deactivated"
+    session.refresh_from_db()
+    assert session.end_reason == EndReason.MACHINE_DEACTIVATED
+
+
 # create_offline_license
 
 
@@ -391,3 +403,33 @@ def test_another_organizations_admin_cannot_manage_licenses(kse_pool, members, o
 def test_the_installation_itself_may_manage_licenses(kse_pool, members):
     """actor=None is an operator's script or command, which no organization role constrains."""
     assert len(actions.grant_licenses(pool=kse_pool, users=[members[0]], actor=None)) == 1
+
+
+# The database's clock decides (issue 13, item 4): a web host whose clock runs ahead or behind
+# must not refuse or allow what the database's "now" says otherwise.
+
+
+@pytest.fixture
+def app_clock_ahead(monkeypatch):
+    """Set the app's clock (django.utils.timezone.now) ahead of the database's by the given delta."""
+    real_now = timezone.now
+
+    def set_ahead(delta):
+        monkeypatch.setattr(timezone, "now", lambda: real_now() + delta)
+
+    return set_ahead
+
+
+def test_grants_check_the_subscription_by_the_databases_clock(kse_pool, members, owner, app_clock_ahead):
+    """A subscription still running by the database's clock grants, whatever the app's clock says."""
+    LicensePool.objects.filter(pk=kse_pool.pk).update(expires_at=timezone.now() + timedelta(minutes=2))
+    app_clock_ahead(timedelta(minutes=10))
+    assert len(actions.grant_licenses(pool=kse_pool, users=members[:1], actor=owner)) == 1
+
+
+def test_offline_licenses_check_now_by_the_databases_clock(re_pool, owner, app_clock_ahead):
+    """An expiry in the future by the database's clock is accepted, whatever the app's clock says."""
+    app_clock_ahead(timedelta(hours=1))
+    expires_at = datetime.now(UTC) + timedelta(minutes=30)
+    offline = actions.create_offline_license(pool=re_pool, machine_id="lab-1", expires_at=expires_at, actor=owner)
+    assert offline.expires_at == expires_at

@@ -1,5 +1,8 @@
+import re
+
 import pytest
 from django.contrib.auth import get_user_model
+from django.core import mail
 from django.urls import reverse
 from django.utils import timezone
 
@@ -92,3 +95,69 @@ def test_an_existing_account_is_asked_to_sign_in_and_comes_back(client, invitati
     client.post(accept_url(invitation), SIGN_UP)
     invitation.refresh_from_db()
     assert invitation.is_pending
+
+
+@pytest.mark.parametrize(
+    "account",
+    [
+        pytest.param({}, id="owner-who-never-set-a-password"),
+        pytest.param({"is_staff": True, "is_superuser": True}, id="superuser-without-password"),
+    ],
+)
+def test_a_link_to_an_account_without_a_password_cannot_take_it_over(client, organization, invitation, account):
+    """Issue 13, item 1, as a visitor does it: opened signed out, the link offers no sign-up for an
+    address that has an account, and a password posted anyway neither sets it nor signs anyone in."""
+    victim = get_user_model().objects.create_user(email=invitation.email, password=None, **account)
+    page = client.get(accept_url(invitation))
+    assert b"already has an account here" in page.content
+    assert b"Create account and join" not in page.content
+
+    response = client.post(accept_url(invitation), SIGN_UP)
+    assert response.status_code == 200
+    assert b"already has an account here" in response.content
+    victim.refresh_from_db()
+    assert not victim.has_usable_password()
+    assert "_auth_user_id" not in client.session
+    assert not victim.memberships.exists()
+    assert not client.login(username=invitation.email, password=SIGN_UP["password"])
+
+
+def test_the_page_says_plainly_which_case_applies(client, invitation):
+    """No account: create one here. An account: sign in as it; the link changes nothing about it."""
+    assert b"There is no account for newcomer@example.com yet" in client.get(accept_url(invitation)).content
+    get_user_model().objects.create_user(email=invitation.email, password=None)
+    page = client.get(accept_url(invitation)).content
+    assert b"newcomer@example.com already has an account here" in page
+    assert b"does not create, change or sign in to that account" in page
+
+
+def test_an_account_without_a_password_gets_a_link_mailed_to_the_address_and_then_accepts(
+    client, organization, invitation
+):
+    """The way in for an owner who never set a password: the set-password link goes to the invited
+    address itself, naming the invitation; once set, they sign in and accept as themselves."""
+    account = get_user_model().objects.create_user(email=invitation.email, password=None)
+    response = client.post(reverse("invitation_password_link", args=[invitation.token]))
+    assert b"a link to set its password is on its way" in response.content
+    [message] = mail.outbox
+    assert message.to == [invitation.email]
+    assert "http://testserver" + accept_url(invitation) in message.body
+    reset_link = re.search(r"http://testserver(/accounts/reset/\S+/)", message.body).group(1)
+    account.refresh_from_db()
+    assert not account.has_usable_password()  # Asking for the mail changes nothing yet.
+
+    form_url = client.get(reset_link)["Location"]
+    client.post(form_url, {"new_password1": "my-own-new-password-7", "new_password2": "my-own-new-password-7"})
+    assert client.login(username=invitation.email, password="my-own-new-password-7")
+    assert b"Accept invitation" in client.get(accept_url(invitation)).content
+    client.post(accept_url(invitation))
+    assert account.memberships.filter(organization=organization, removed_at__isnull=True).exists()
+
+
+def test_the_set_password_link_is_only_for_a_usable_invitation(client, invitation):
+    """A revoked invitation sends no mail."""
+    get_user_model().objects.create_user(email=invitation.email, password=None)
+    Invitation.objects.filter(pk=invitation.pk).update(revoked_at=timezone.now())
+    response = client.post(reverse("invitation_password_link", args=[invitation.token]))
+    assert response.status_code == 410
+    assert not mail.outbox

@@ -1,4 +1,5 @@
 import pytest
+from django.contrib.auth import get_user_model
 from django.core import mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -152,13 +153,58 @@ class TestAccept:
         with pytest.raises(errors.AccountExists):
             actions.accept_invitation(token=invitation.token, name="Mallory", password="a-long-enough-password")
 
-    def test_an_account_without_a_password_sets_one_through_the_link(self, organization, invitation):
-        """Operator-made accounts (no usable password) sign up through the invitation."""
+    @pytest.mark.parametrize(
+        "account",
+        [
+            pytest.param({}, id="never-had-a-password"),
+            pytest.param({"is_staff": True}, id="staff-without-password"),
+            pytest.param({"is_staff": True, "is_superuser": True}, id="superuser-without-password"),
+        ],
+    )
+    def test_the_link_never_sets_the_password_of_an_account_without_one(self, owner, other_organization, account):
+        """Issue 13, item 1: the owner of another organization (made by create_organization, no
+        password yet), or an operator without one, cannot be taken over by whoever holds a link
+        addressed to them: the account keeps no usable password and joins nothing."""
+        victim, _ = actions.get_or_create_user("victim@corp.example")
+        type(victim).objects.filter(pk=victim.pk).update(**account)
+        actions.create_organization(name="Victim Corp", owner=victim)
+        [invitation] = invite(other_organization, other_organization.memberships.get().user, [victim.email])
+
+        with pytest.raises(errors.AccountExists, match=r"Sign in as victim@corp\.example"):
+            actions.accept_invitation(token=invitation.token, name="Mallory", password="attacker-chosen-pw-1")
+
+        victim.refresh_from_db()
+        assert not victim.has_usable_password()
+        assert victim.name == ""
+        assert not Membership.objects.filter(organization=other_organization, user=victim).exists()
+        invitation.refresh_from_db()
+        assert invitation.is_pending
+
+    def test_an_account_without_a_password_joins_once_its_owner_signed_in(self, organization, invitation):
+        """Having set a password through the mailed link and signed in, the person accepts as themselves."""
         user, _ = actions.get_or_create_user(invitation.email)
-        _, joined = actions.accept_invitation(token=invitation.token, name="Nia", password="a-long-enough-password")
-        assert joined == user
+        user.set_password("set-through-the-mail-1")
+        user.save()
+        membership, joined = actions.accept_invitation(token=invitation.token, user=user)
+        assert joined == user and membership.organization == organization
         joined.refresh_from_db()
-        assert joined.check_password("a-long-enough-password")
+        assert joined.check_password("set-through-the-mail-1")
+
+    def test_an_account_made_meanwhile_is_not_taken_over(self, organization, invitation, monkeypatch):
+        """An account committed for the address between the check and the insert (through another
+        organization's invitation, say) makes the unique email refuse the insert: the sign-up is
+        refused as for any existing account, and nothing is half-made."""
+        User = get_user_model()
+
+        def email_taken_meanwhile(*args, **kwargs):
+            raise IntegrityError('duplicate key value violates unique constraint "user_email_ci_unique"')
+
+        monkeypatch.setattr(User.objects, "create_user", email_taken_meanwhile)
+        with pytest.raises(errors.AccountExists):
+            actions.accept_invitation(token=invitation.token, name="Mallory", password="attacker-chosen-pw-1")
+        invitation.refresh_from_db()
+        assert invitation.is_pending
+        assert not Membership.objects.filter(organization=organization).exclude(role="owner").exists()
 
 
 class TestRoles:
@@ -331,3 +377,56 @@ class TestAuditAtomicity:
         assert not AuditEvent.objects.filter(action=Action.MEMBER_ROLE_CHANGED).exists()
         target.refresh_from_db()
         assert target.role == Role.MEMBER
+
+
+class TestInviterLosesTheRight:
+    """Issue 13, item 9: an invitation carries its sender's authority, and ends with it."""
+
+    @pytest.fixture
+    def comeback_link(self, organization, admin_user):
+        [invitation] = invite(organization, admin_user, ["my-other-address@example.com"], role=Role.ADMIN)
+        return invitation
+
+    def test_removing_an_admin_revokes_the_invitations_they_sent(self, organization, owner, admin_user, comeback_link):
+        """An admin about to be removed invites a second address of their own as admin; after the
+        removal that link no longer brings them back, and the revocation is audited."""
+        others = invite(organization, owner, ["someone@example.com"])
+        actions.remove_member(
+            organization=organization, actor=owner, membership_id=membership_of(admin_user, organization).pk
+        )
+        with pytest.raises(errors.InvitationUnusable) as refusal:
+            actions.accept_invitation(token=comeback_link.token, name="Back Again", password="a-long-enough-password")
+        assert refusal.value.code == "invitation_revoked"
+        assert not Membership.objects.filter(user__email="my-other-address@example.com").exists()
+        event = AuditEvent.objects.get(action=Action.INVITATION_REVOKED)
+        assert (event.actor, event.target_label) == (owner, "my-other-address@example.com")
+        assert event.after["reason"] == "inviter_removed"
+        others[0].refresh_from_db()
+        assert others[0].is_pending  # The owner's own invitations stand.
+
+    def test_making_an_admin_a_member_revokes_the_invitations_they_sent(
+        self, organization, owner, admin_user, comeback_link
+    ):
+        """A demoted admin could no more invite; the links they sent stop working too."""
+        actions.change_role(
+            organization=organization,
+            actor=owner,
+            membership_id=membership_of(admin_user, organization).pk,
+            role=Role.MEMBER,
+        )
+        comeback_link.refresh_from_db()
+        assert comeback_link.revoked_at is not None
+        with pytest.raises(errors.InvitationUnusable):
+            actions.accept_invitation(token=comeback_link.token, name="Back Again", password="a-long-enough-password")
+        event = AuditEvent.objects.get(action=Action.INVITATION_REVOKED)
+        assert event.after["reason"] == "inviter_demoted"
+
+    def test_promoting_or_handing_on_ownership_keeps_them(self, organization, owner, admin_user, comeback_link):
+        """Only losing the right to invite ends the invitations: an owner who becomes admin keeps it."""
+        [owners_invitation] = invite(organization, owner, ["friend@example.com"])
+        actions.transfer_ownership(
+            organization=organization, actor=owner, membership_id=membership_of(admin_user, organization).pk
+        )
+        for invitation in (comeback_link, owners_invitation):
+            invitation.refresh_from_db()
+            assert invitation.is_pending

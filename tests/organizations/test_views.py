@@ -7,6 +7,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from organizations import actions
 from organizations.audit import Action
 from organizations.models import AuditEvent, Invitation, Membership, Role
 from tests import factories
@@ -15,6 +16,18 @@ from tests.organizations.conftest import membership_of
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+def invitation_sent_by(admin, organization):
+    """A pending invitation of their-friend@example.com that `admin` sent."""
+    [invitation] = actions.invite_members(
+        organization=organization,
+        actor=admin,
+        emails=["their-friend@example.com"],
+        role="member",
+        link_for=lambda invitation: "http://testserver/",
+    )
+    return invitation
 
 
 def members_url(organization):
@@ -53,6 +66,17 @@ class TestHome:
         assert api_keys_page.context["current_organization"] == later_by_name
         owner_client.get(reverse("members", args=[organization.public_id]))
         assert owner_client.get("/")["Location"] == reverse("licenses", args=[organization.public_id])
+
+    @pytest.mark.parametrize("cookie", ["12\x00", "\x00", "x" * 300, "1 OR 1=1", "é"])
+    def test_a_malformed_last_organization_cookie_is_treated_as_absent(self, owner_client, organization, owner, cookie):
+        """Issue 13, item 10: a NUL byte in the cookie made the home page a 500 on PostgreSQL until the
+        cookie was cleared. Any value that cannot be an organization id now counts as no cookie."""
+        factories.MembershipFactory(organization=factories.OrganizationFactory(name="Zeta Labs"), user=owner)
+        owner_client.cookies["last_organization"] = cookie
+        response = owner_client.get("/")
+        assert response.status_code == 302
+        assert response["Location"] == reverse("licenses", args=[organization.public_id])
+        assert owner_client.get(reverse("api_keys")).context["current_organization"] == organization
 
     def test_someone_without_organization_is_told_to_ask_for_an_invitation(self, client):
         """No organization: a page saying so, not an error."""
@@ -309,9 +333,36 @@ class TestMemberActions:
         membership = membership_of(member_user, organization)
         response = owner_client.post(reverse("member_remove", args=[organization.public_id, membership.pk]), **HTMX)
         body = response.content.decode()
-        assert body.count('hx-swap-oob="true"') == 2
+        assert body.count('hx-swap-oob="true"') == 3
         assert 'id="removed-members"' in body and member_user.email in body
         assert '<span id="active-count" hx-swap-oob="true">1</span>' in body
+        assert '<section id="pending-invitations" aria-labelledby="pending-heading" hx-swap-oob="true">' in body
+
+    def test_removing_an_admin_in_place_drops_their_invitations_from_the_pending_list(
+        self, owner_client, organization, admin_user
+    ):
+        """The invitations the admin sent are revoked with them, and the pending list shows it at once."""
+        invitation_sent_by(admin_user, organization)
+        membership = membership_of(admin_user, organization)
+        response = owner_client.post(reverse("member_remove", args=[organization.public_id, membership.pk]), **HTMX)
+        pending = response.content.decode().split('id="pending-invitations"')[1]
+        assert "their-friend@example.com" not in pending
+        assert not Invitation.objects.pending().exists()
+
+    def test_demoting_an_admin_with_pending_invitations_in_place_refreshes_the_page(
+        self, owner_client, organization, admin_user
+    ):
+        """Their invitations are revoked with the role, so the page comes back whole, saying so."""
+        invitation_sent_by(admin_user, organization)
+        membership = membership_of(admin_user, organization)
+        response = owner_client.post(
+            reverse("member_change_role", args=[organization.public_id, membership.pk]), {"role": "member"}, **HTMX
+        )
+        assert response["HX-Refresh"] == "true"
+        assert not Invitation.objects.pending().exists()
+        page = owner_client.get(members_url(organization)).content.decode()
+        assert "is now member." in page
+        assert "their-friend@example.com" not in page.split('id="pending-invitations"')[1]
 
     def test_remove_without_javascript(self, owner_client, organization, member_user):
         """The plain post redirects with a message and the member shows as removed."""

@@ -235,6 +235,31 @@ def test_idempotency_keys_belong_to_one_person(client, engine, re_pool):
     assert first["session"]["id"] != second["session"]["id"]
 
 
+def test_idempotency_keys_belong_to_one_api_key(client, member_user, organization, other_organization):
+    """Issue 13, item 3: one person with a key restricted to A and one restricted to B sends the same
+    body and Idempotency-Key with each. B's request is decided afresh and gets a session in B, one
+    its key can heartbeat, instead of a replay of A's session."""
+    factories.MembershipFactory(organization=other_organization, user=member_user)
+    for org in (organization, other_organization):
+        factories.LicensePoolFactory(organization=org, product="RE")
+    key_a = Engine(client, factories.ApiKeyFactory(user=member_user, organization=organization).raw_key)
+    key_b = Engine(client, factories.ApiKeyFactory(user=member_user, organization=other_organization).raw_key)
+
+    first = key_a.activate(machine_id="ci-1", headers={"Idempotency-Key": "build-7"})
+    second = key_b.activate(machine_id="ci-1", headers={"Idempotency-Key": "build-7"})
+
+    assert first.status_code == second.status_code == 201
+    assert first.json()["organization"]["id"] == organization.public_id
+    assert second.json()["organization"]["id"] == other_organization.public_id
+    assert EngineSession.objects.filter(pool__organization=other_organization).count() == 1
+    session_b = second.json()["session"]["id"]
+    assert key_b.post(f"engine/sessions/{session_b}/heartbeat").status_code == 200
+    # Each key's own retry is still a replay.
+    again = key_b.activate(machine_id="ci-1", headers={"Idempotency-Key": "build-7"})
+    assert again.json() == second.json()
+    assert EngineSession.objects.count() == 2
+
+
 def test_a_key_is_marked_used_at_most_every_few_minutes(engine, api_key, re_pool):
     """last_used_at is written on use, and not rewritten by every request."""
     engine.get("engine/organizations")
@@ -278,7 +303,7 @@ def test_a_claim_left_by_a_dead_request_is_taken_over(engine, api_key, re_pool):
     """An Idempotency-Key claimed minutes ago by a request that never answered does not block retries forever."""
     body = {"product": "RE", "machine_id": "agent-1"}
     IdempotencyRecord.objects.create(
-        user=api_key.user,
+        api_key=api_key,
         key="orphan",
         request_fingerprint=request_fingerprint(body),
         created_at=timezone.now() - timedelta(minutes=3),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sessions_app.models import ApiKey
+from sessions_app.models import ApiKey, EngineSession
 from tests import factories
 
 
@@ -66,3 +66,64 @@ def test_the_admin_registers_and_deregisters_machines_only_through_the_actions(o
     assert not Machine.objects.registered().filter(pk=machine.pk).exists()
     assert not EngineSession.objects.live().filter(pk=session.pk).exists()
     assert AuditEvent.objects.filter(action="machine.deactivated").count() == 1
+
+
+@pytest.fixture
+def staff_client(client, db):
+    """A staff user allowed to use the machine and API key admin, with no role in any organization."""
+    from django.contrib.auth.models import Permission
+
+    staff = factories.UserFactory(is_staff=True)
+    staff.user_permissions.set(
+        Permission.objects.filter(
+            codename__in=["view_machine", "change_machine", "view_apikey", "change_apikey", "view_licenseduser"]
+        )
+    )
+    client.force_login(staff)
+    return client
+
+
+def test_a_refused_deactivation_is_a_message_not_an_error_page(staff_client, re_pool):
+    """Issue 13, item 4: a staff user without the organization's role is told why beside the list;
+    the machine and its session stay."""
+    session = factories.EngineSessionFactory(pool=re_pool)
+    response = staff_client.post(
+        "/admin/sessions_app/machine/",
+        {"action": "deactivate", "_selected_action": [session.machine.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "was not deactivated: Only owners and admins of Acme QA manage its licenses." in response.text
+    session.machine.refresh_from_db()
+    assert session.machine.is_registered
+    assert EngineSession.objects.live().filter(pk=session.pk).exists()
+
+
+def test_a_refused_key_revocation_is_a_message_not_an_error_page(staff_client):
+    """Someone else's key is not theirs to revoke: a message, and the key stays usable."""
+    api_key = factories.ApiKeyFactory()
+    response = staff_client.post(
+        "/admin/sessions_app/apikey/", {"action": "revoke", "_selected_action": [api_key.pk]}, follow=True
+    )
+    assert response.status_code == 200
+    assert "was not revoked: People create and revoke only their own API keys." in response.text
+    api_key.refresh_from_db()
+    assert api_key.status == "active"
+
+
+def test_sessions_machines_and_licenses_are_never_deleted_in_the_admin(operator_client, kse_pool):
+    """Deleting would end nothing and audit nothing; the actions end and deactivate instead."""
+    session = factories.EngineSessionFactory(pool=kse_pool)
+    seat = factories.LicensedUserFactory(pool=kse_pool, user=session.user)
+    for path in (
+        f"/admin/sessions_app/enginesession/{session.pk}/delete/",
+        f"/admin/sessions_app/machine/{session.machine.pk}/delete/",
+        f"/admin/licenses/licenseduser/{seat.pk}/delete/",
+    ):
+        assert operator_client.post(path, {"post": "yes"}).status_code == 403, path
+    response = operator_client.post(
+        "/admin/licenses/licenseduser/", {"action": "revoke", "_selected_action": [seat.pk]}, follow=True
+    )
+    assert "Revoked 1 license(s)." in response.text
+    session.refresh_from_db()
+    assert session.end_reason == "withdrawn"

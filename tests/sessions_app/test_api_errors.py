@@ -330,7 +330,7 @@ def test_the_machine_quota_refuses_a_new_machine_only(engine, re_pool):
 def test_a_request_still_in_progress_holds_its_idempotency_key(engine, api_key, re_pool):
     """A duplicate arriving while the first request with that key runs is 409 idempotency_key_in_use."""
     body = {"product": "RE", "machine_id": "agent-1"}
-    IdempotencyRecord.objects.create(user=api_key.user, key="retry-1", request_fingerprint=request_fingerprint(body))
+    IdempotencyRecord.objects.create(api_key=api_key, key="retry-1", request_fingerprint=request_fingerprint(body))
     response = engine.post("engine/activate", body, **{"Idempotency-Key": "retry-1"})
     assert response.status_code == 409
     assert error_of(response)["code"] == "idempotency_key_in_use"

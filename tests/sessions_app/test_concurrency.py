@@ -135,3 +135,115 @@ def test_an_activation_holds_its_pool_but_not_the_organization(member_user, orga
     actions.activate(api_key=None, user=member_user, product="RE", machine_id="agent-1", on_granted=on_granted)
 
     assert free == [True]
+
+
+def test_a_member_removed_while_their_engine_activates_keeps_no_session(member_user, organization, owner):
+    """The removal ends what the person holds under the pools' locks, which every activation takes:
+    a removal started while an activation holds its pool (membership checked, session inserted, not
+    yet committed) waits for it, then ends that session too. Without the pool locks it would commit
+    first, and the activation's session would outlive the membership."""
+    from organizations.actions import remove_member
+    from sessions_app import actions
+
+    factories.LicensePoolFactory(organization=organization, product="RE", quota=5)
+    membership = organization.memberships.get(user=member_user)
+    removal = {}
+
+    def remove():
+        try:
+            removal["result"] = remove_member(organization=organization, actor=owner, membership_id=membership.pk)
+        finally:
+            connection.close()
+
+    def on_granted(activation):
+        # Inside the activation's transaction, its pool locked: start the removal and give it time.
+        remover = removal["thread"] = threading.Thread(target=remove)
+        remover.start()
+        remover.join(timeout=1.5)
+        removal["finished_while_pool_held"] = not remover.is_alive()
+
+    activation = actions.activate(
+        api_key=None, user=member_user, product="RE", machine_id="agent-1", on_granted=on_granted
+    )
+    removal["thread"].join()
+
+    assert removal["finished_while_pool_held"] is False
+    assert removal["result"].removed_at is not None
+    activation.session.refresh_from_db()
+    assert activation.session.end_reason == "member_removed"
+    assert not EngineSession.objects.live().exists()
+
+
+def hold_pool_lock(pool, seconds):
+    """Lock the pool's row from another connection for a while; returns the thread and an event set
+    once the lock is held."""
+    held = threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                LicensePool.objects.select_for_update().get(pk=pool.pk)
+                held.set()
+                threading.Event().wait(seconds)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    return thread
+
+
+def test_release_previous_takes_the_lock_of_every_pool_whose_sessions_it_ends(
+    member_user, organization, other_organization
+):
+    """Issue 13, item 4: with a key for all their organizations, a person's release_previous in B
+    ends their session on that machine in A's pool too, so it waits for A's pool lock like anything
+    else that changes A's sessions, and ends the session once it has it."""
+    factories.MembershipFactory(organization=other_organization, user=member_user)
+    pool_a = factories.LicensePoolFactory(organization=organization, product="RE")
+    factories.LicensePoolFactory(organization=other_organization, product="RE")
+    raw_key = factories.ApiKeyFactory(user=member_user).raw_key
+    in_a = Engine(Client(), raw_key).activate(machine_id="ci-1", org_id=organization.public_id).json()
+
+    holder = hold_pool_lock(pool_a, seconds=1.5)
+    answer = {}
+    activation = threading.Thread(
+        target=lambda: (
+            answer.update(
+                response=Engine(Client(), raw_key).activate(
+                    machine_id="ci-1", org_id=other_organization.public_id, release_previous=True
+                ),
+                finished_while_a_was_held=holder.is_alive(),
+            )
+            or connection.close()
+        )
+    )
+    activation.start()
+    activation.join()
+    holder.join()
+
+    assert answer["response"].status_code == 201
+    assert answer["finished_while_a_was_held"] is False
+    assert EngineSession.objects.get(public_id=in_a["session"]["id"]).end_reason == "released"
+
+
+def test_release_previous_from_two_organizations_at_once_never_deadlocks(member_user, organization, other_organization):
+    """Each activation locks both pools in id order, whichever it counts against: two at once, each
+    releasing the other's session, queue instead of deadlocking (a deadlock would answer 503)."""
+    factories.MembershipFactory(organization=other_organization, user=member_user)
+    factories.LicensePoolFactory(organization=organization, product="RE", quota=10)
+    factories.LicensePoolFactory(organization=other_organization, product="RE", quota=10)
+    raw_key = factories.ApiKeyFactory(user=member_user).raw_key
+    for _ in range(3):
+        for org in (organization, other_organization):
+            Engine(Client(), raw_key).activate(machine_id="ci-1", org_id=org.public_id)
+
+        def release_previous(n):
+            org = (organization, other_organization)[n % 2]
+            response = Engine(Client(), raw_key).activate(
+                machine_id="ci-1", org_id=org.public_id, release_previous=True
+            )
+            return response.status_code
+
+        assert all_at_once(8, release_previous) == [201] * 8

@@ -56,10 +56,11 @@ def test_expire_sessions_deregisters_ephemeral_machines_and_idle_ones(re_pool):
 
 def test_expire_sessions_drops_old_bookkeeping(member_user):
     """Idempotency records older than 48 hours and old rate-limit windows are deleted; recent ones stay."""
+    api_key = factories.ApiKeyFactory(user=member_user)
     IdempotencyRecord.objects.create(
-        user=member_user, key="old", request_fingerprint="x", created_at=timezone.now() - timedelta(hours=49)
+        api_key=api_key, key="old", request_fingerprint="x", created_at=timezone.now() - timedelta(hours=49)
     )
-    IdempotencyRecord.objects.create(user=member_user, key="new", request_fingerprint="x")
+    IdempotencyRecord.objects.create(api_key=api_key, key="new", request_fingerprint="x")
     now = int(timezone.now().timestamp())
     RateLimitCounter.objects.create(bucket="key:1", window_start=now - 7200, count=3)
     RateLimitCounter.objects.create(bucket="key:1", window_start=now - 30, count=3)

@@ -96,7 +96,7 @@ def test_every_operation_answers_as_documented(document, client, member_user, or
     call("post", "engine/activate", engine.get("engine/activate"))
     call("post", "engine/activate", engine.activate(headers={"Idempotency-Key": "i"}))
     call("post", "engine/activate", engine.activate(machine_id="other", headers={"Idempotency-Key": "i"}))
-    IdempotencyRecord.objects.create(user=member_user, key="busy", request_fingerprint="x" * 64)
+    IdempotencyRecord.objects.create(api_key=api_key, key="busy", request_fingerprint="x" * 64)
     call("post", "engine/activate", engine.activate(headers={"Idempotency-Key": "busy"}))
     kse.expires_at = timezone.now()
     kse.starts_at = kse.expires_at - timezone.timedelta(days=1)

@@ -276,24 +276,6 @@ def test_deleting_a_machine_forgets_its_sessions_past_usage(rolled_up_history):
     assert_same_as_a_scan(pool, timezone.now())
 
 
-def test_deleting_sessions_in_the_admin_forgets_their_past_usage(rolled_up_history, client):
-    """Sessions deleted one at a time or several at once in the admin leave the usage page too."""
-    pool, _people, _machines = rolled_up_history
-    operator = factories.UserFactory(is_staff=True, is_superuser=True)
-    client.force_login(operator)
-    sessions = list(EngineSession.objects.filter(pool=pool, ended_at__isnull=False).order_by("pk")[:6])
-    response = client.post(f"/admin/sessions_app/enginesession/{sessions[0].pk}/delete/", {"post": "yes"})
-    assert response.status_code == 302
-    assert_same_as_a_scan(pool, timezone.now())
-    response = client.post(
-        "/admin/sessions_app/enginesession/",
-        {"action": "delete_selected", "post": "yes", "_selected_action": [s.pk for s in sessions[1:]]},
-    )
-    assert response.status_code == 302
-    assert not EngineSession.objects.filter(pk__in=[s.pk for s in sessions]).exists()
-    assert_same_as_a_scan(pool, timezone.now())
-
-
 def test_expire_sessions_rolls_up_every_pool_behind(busy_pool, kse_pool):
     """The periodic job rolls finished hours up for every pool, so pages rarely have to."""
     pool, people, machines = busy_pool

@@ -38,7 +38,8 @@ def _count(value: str) -> int:
 class Command(BaseCommand):
     help = (
         "Create or change an organization's license pool for one product (a purchase or renewal). "
-        "Lowering a quota below what is in use ends the newest sessions with reason quota_reduced."
+        "Lowering an RE quota below what is in use ends the newest sessions with reason quota_reduced; "
+        "a KSE quota below its licensed users is refused, naming how many to revoke first."
     )
 
     def add_arguments(self, parser):
