@@ -145,11 +145,15 @@ def main():
     parser.add_argument("--workers", type=int, default=4, help="processes activating and releasing")
     parser.add_argument("--rate", type=float, default=40, help="activate-and-release cycles per second, in all")
     parser.add_argument("--reference", type=float, default=8.0, help="seconds of load alone, before expiring")
+    parser.add_argument(
+        "--batch", type=int, default=actions.EXPIRE_BATCH, help="lapsed sessions per transaction (to compare sizes)"
+    )
     options = parser.parse_args()
     if connection.vendor != "postgresql":
         sys.exit(
             "Run this on PostgreSQL (set DATABASE_URL): row locks and concurrent connections are what is measured."
         )
+    actions.EXPIRE_BATCH = options.batch
     setup_test_environment()
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
@@ -183,7 +187,10 @@ def main():
         left = EngineSession.objects.lapsed().count()
         reference = window(timings, reference_start, reference_end)
         during = window(timings, expire_start, expire_end)
-        print(f"expire_sessions: {seconds:.2f} s ({lapsed / seconds:,.0f} sessions/s), {left} lapsed left")
+        print(
+            f"expire_sessions: {seconds:.2f} s ({lapsed / seconds:,.0f} sessions/s, {options.batch} a transaction), "
+            f"{left} lapsed left"
+        )
         print("  " + output.getvalue().strip().replace("\n", "\n  "))
         print(describe(f"reference ({options.rate:g} cycles/s, alone)", reference))
         print(describe("while expire_sessions runs", during))

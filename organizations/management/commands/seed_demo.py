@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from licenses.actions import pool_terms
 from licenses.models import LicensedUser, LicensePool, Product
 from organizations.actions import create_organization
 from organizations.audit import Action
@@ -497,16 +498,7 @@ class Command(BaseCommand):
                 pool.pk,
                 str(pool),
                 None,
-                {
-                    "quota": pool.quota,
-                    "machine_quota": pool.machine_quota,
-                    "starts_at": pool.starts_at.isoformat(),
-                    "expires_at": pool.expires_at.isoformat(),
-                    "lease_seconds": pool.lease_seconds,
-                    "machine_idle_days": pool.machine_idle_days,
-                    "machine_allow_list": pool.machine_allow_list,
-                    "sessions_ended": 0,
-                },
+                pool_terms(pool) | {"sessions_ended": 0},
             )
         for membership in [*memberships, *removed]:
             if len(events) >= count or membership.joined_at < since:
