@@ -238,3 +238,86 @@ def test_expire_sessions_leaves_a_session_another_transaction_is_ending_to_it(re
     assert list(EngineSession.objects.lapsed().values_list("pk", flat=True)) == [held.pk]
     call_command("expire_sessions", stdout=StringIO())
     assert not EngineSession.objects.lapsed().exists()
+
+
+def expiry_scene(pool):
+    """Sessions of every kind expiry meets, on machines named the same in every pool: lapsed on an
+    ephemeral machine (deregistered after), lapsed beside a live one on an ephemeral machine (it
+    stays), lapsed on ordinary machines, live and already ended ones (untouched)."""
+    now = timezone.now()
+    user = factories.UserFactory()
+    machines = {
+        name: Machine.objects.create(pool=pool, machine_id=name, ephemeral=name.startswith("container"))
+        for name in ("container-a", "container-b", "agent-a", "agent-b")
+    }
+
+    def session(machine, lease_from_now, **fields):
+        return EngineSession(
+            pool=pool,
+            machine=machines[machine],
+            user=user,
+            public_id=f"s_{pool.pk}_{len(rows)}",
+            started_at=now - timedelta(hours=2),
+            last_heartbeat_at=now - timedelta(hours=1),
+            lease_expires_at=now + lease_from_now,
+            **fields,
+        )
+
+    rows = []
+    for machine, lease, fields in [
+        ("container-a", -timedelta(minutes=30), {}),
+        ("container-b", -timedelta(minutes=20), {}),
+        ("container-b", timedelta(minutes=4), {}),
+        ("agent-a", -timedelta(minutes=40), {}),
+        ("agent-a", -timedelta(minutes=10), {}),
+        ("agent-b", -timedelta(hours=1), {"ended_at": now - timedelta(hours=1, minutes=10), "end_reason": "released"}),
+        ("agent-b", timedelta(minutes=3), {}),
+    ]:
+        rows.append(session(machine, lease, **fields))
+    EngineSession.objects.bulk_create(rows)
+    return machines
+
+
+def expiry_outcome(pool, since):
+    """What expiry did in the pool, named so that two pools' outcomes compare."""
+    sessions = [
+        (s.machine.machine_id, s.lease_expires_at - s.started_at, s.end_reason, s.ended_at == s.lease_expires_at)
+        for s in EngineSession.objects.filter(pool=pool)
+        .select_related("machine")
+        .order_by("machine__machine_id", "lease_expires_at")
+    ]
+    machines = [
+        (m.machine_id, m.deactivation_reason, m.deactivated_at is not None, m.last_seen_at >= since)
+        for m in Machine.objects.filter(pool=pool).order_by("machine_id")
+    ]
+    return sessions, machines
+
+
+@pytest.mark.postgres
+def test_the_one_statement_batch_does_what_the_orm_batch_does(organization, other_organization, monkeypatch):
+    """PostgreSQL's single-statement batch ends the same sessions, the same way, and leaves the
+    machines as the ORM's statements do (SQLite's path), one batch at a time."""
+    one_statement = factories.LicensePoolFactory(organization=organization, product="RE")
+    orm = factories.LicensePoolFactory(organization=other_organization, product="RE")
+    for pool in (one_statement, orm):
+        expiry_scene(pool)
+    since = timezone.now()
+    # Two at a time, fewer than the four lapsed: the first batch takes the oldest leases.
+    monkeypatch.setattr(actions, "EXPIRE_BATCH", 2)
+    assert actions._expire_batch(one_statement.pk, wait=False) == 2
+    with transaction.atomic():
+        LicensePool.objects.select_for_update().get(pk=orm.pk)
+        assert EngineSession.objects.filter(pool=orm).expire_lapsed(2) == 2
+    assert expiry_outcome(one_statement, since) == expiry_outcome(orm, since)
+    assert actions._expire_batch(one_statement.pk, wait=False) == 2
+    with transaction.atomic():
+        assert EngineSession.objects.filter(pool=orm).expire_lapsed(2) == 2
+    outcome = expiry_outcome(one_statement, since)
+    assert outcome == expiry_outcome(orm, since)
+    assert outcome[1] == [
+        ("agent-a", "", False, True),
+        ("agent-b", "", False, False),
+        ("container-a", "ephemeral", True, True),
+        ("container-b", "", False, True),
+    ]
+    assert not EngineSession.objects.lapsed().exists()
