@@ -73,13 +73,49 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # The engine API is the hot path: keep connections open between requests, and check them
     # before use so a restarted database costs one failed check, not a 500.
-    DATABASES["default"]["CONN_MAX_AGE"] = 600
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 600)
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    # Behind PgBouncer in transaction pooling, DATABASE_URL ends in ?disable_server_side_cursors=true:
+    # a server-side cursor (QuerySet.iterator(), used by the CSV exports) must stay on one server
+    # connection across statements, which transaction pooling does not promise.
+    _disable_cursors = DATABASES["default"].get("DISABLE_SERVER_SIDE_CURSORS", False)
+    if isinstance(_disable_cursors, str):  # django-environ leaves "true" a string
+        _disable_cursors = _disable_cursors.strip().lower() in {"true", "1", "yes", "on"}
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = bool(_disable_cursors)
 else:
     # SQLite serialises writers; wait for the lock instead of failing with "database is locked",
     # and take the write lock at BEGIN so a read-then-write transaction cannot deadlock.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+
+# Django's cache framework holds the engine API's rate-limit counters (sessions_app.ratelimit), so
+# counting costs no database write. CACHE_URL=redis://… shares them between every process and host;
+# without it each process counts in its own memory and the limits apply per worker process.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+if "redis" in CACHES["default"]["BACKEND"].lower():
+    # Django's own Redis backend (with the `redis` package), whatever django-environ would pick. A cache
+    # that does not answer must cost a request little: the limiter then serves valid keys uncounted.
+    CACHES["default"]["BACKEND"] = "django.core.cache.backends.redis.RedisCache"
+    CACHES["default"].setdefault("OPTIONS", {})
+    CACHES["default"]["OPTIONS"].setdefault("socket_connect_timeout", 0.5)
+    CACHES["default"]["OPTIONS"].setdefault("socket_timeout", 0.5)
+
+
+def _limit(name, default):
+    value = env(name, default=str(default)).strip()
+    if not value.isdigit():
+        raise ImproperlyConfigured(
+            f"{name} must be 0 (off) or a positive number of requests per minute, not {value!r}."
+        )
+    return int(value)
+
+
+# Engine API limits, per minute (0 turns one off): requests per API key, and failed authentications
+# per client address. Requests with a valid key never count against their address.
+
+
+API_RATE_LIMIT = _limit("API_RATE_LIMIT", 12_000)
+API_AUTH_FAILURE_LIMIT = _limit("API_AUTH_FAILURE_LIMIT", 60)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "organizations.User"

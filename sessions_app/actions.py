@@ -28,7 +28,6 @@ from .models import (
     EngineSession,
     IdempotencyRecord,
     Machine,
-    RateLimitCounter,
     hash_api_key,
 )
 
@@ -36,7 +35,6 @@ IDEMPOTENCY_RETENTION = timedelta(hours=48)
 # A claim older than this without an answer belongs to a request that died (a killed worker, a lost
 # database): a retry may take the key over instead of being told "in use" forever.
 IDEMPOTENCY_CLAIM_TIMEOUT = timedelta(minutes=2)
-RATE_LIMIT_RETENTION_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -436,7 +434,6 @@ class Housekeeping:
     sessions_expired: int
     machines_deregistered: int
     idempotency_records_deleted: int
-    rate_limit_counters_deleted: int
 
 
 @transaction.atomic
@@ -561,13 +558,10 @@ def expire_sessions() -> Housekeeping:
         deregistered += _deregister_idle_machines(pool_id)
 
     idempotency_deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=Now() - IDEMPOTENCY_RETENTION).delete()
-    cutoff = int(timezone.now().timestamp()) - RATE_LIMIT_RETENTION_SECONDS
-    counters_deleted, _ = RateLimitCounter.objects.filter(window_start__lt=cutoff).delete()
     return Housekeeping(
         sessions_expired=expired,
         machines_deregistered=deregistered,
         idempotency_records_deleted=idempotency_deleted,
-        rate_limit_counters_deleted=counters_deleted,
     )
 
 

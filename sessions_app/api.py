@@ -12,6 +12,7 @@ import re
 import uuid
 from functools import wraps
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
@@ -74,26 +75,14 @@ def _request_id(request):
     return incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
 
 
-def _rate_limit(request, presented_hash):
-    """One upsert counts the request against its address and, before the key is even looked up,
-    against the key it presents (by hash), so guessing keys is limited per address as well."""
-    buckets = {f"address:{client_ip(request) or 'unknown'}": "address"}
-    if presented_hash is not None:
-        buckets[f"key:{presented_hash[:40]}"] = "key"
-    verdict = ratelimit.hit(buckets)
-    if not verdict.allowed:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"Too many requests for this API key or address. Retry after {verdict.retry_after} seconds.",
-            {
-                "limits": {
-                    kind: dict(zip(("requests", "seconds"), ratelimit.limit_for(kind), strict=True))
-                    for kind in buckets.values()
-                }
-            },
-            {"Retry-After": str(verdict.retry_after)},
-        )
+def _rate_limited(message, limit, requests, wait):
+    return ApiError(
+        429,
+        "rate_limited",
+        f"{message} Retry after {wait} seconds.",
+        {"limits": {limit: {"requests": requests, "seconds": ratelimit.WINDOW_SECONDS}}},
+        {"Retry-After": str(wait)},
+    )
 
 
 def _presented_hash(request):
@@ -105,14 +94,32 @@ def _presented_hash(request):
     return hash_api_key(match.group(1))
 
 
-def _authenticate(presented_hash):
-    """The usable key presented. One answer for every kind of failure, so the API cannot be used to
-    learn which keys exist, were revoked or have expired."""
+def _too_many_failures(wait):
+    limit = settings.API_AUTH_FAILURE_LIMIT
+    return _rate_limited(
+        f"Too many failed authentications from this address: at most {limit} a minute.", "auth_failures", limit, wait
+    )
+
+
+def _authenticate(request):
+    """The usable key presented, counted against its rate limit. One answer for every kind of failure,
+    so the API cannot be used to learn which keys exist, were revoked or have expired.
+
+    A valid key costs one cache round trip (its counter) and no database query beyond its lookup; a
+    failure counts against the client's address instead (sessions_app.ratelimit)."""
+    presented_hash = _presented_hash(request)
+    address = client_ip(request) or "unknown"
+    wait = ratelimit.address_blocked(address)
+    if wait and not (presented_hash is not None and ratelimit.key_in_use(presented_hash)):
+        raise _too_many_failures(wait)
     api_key = None
     if presented_hash is not None:
         with contextlib.suppress(ApiKey.DoesNotExist):
             api_key = ApiKey.objects.usable().select_related("user", "organization").get(key_hash=presented_hash)
     if api_key is None:
+        wait = ratelimit.count_failure(address)
+        if wait:
+            raise _too_many_failures(wait)
         raise ApiError(
             401,
             "invalid_api_key",
@@ -120,6 +127,10 @@ def _authenticate(presented_hash):
             "Create a key on the portal's API keys page.",
             headers={"WWW-Authenticate": 'Bearer realm="katalon-admin"'},
         )
+    wait = ratelimit.count_request(presented_hash)
+    if wait:
+        limit = settings.API_RATE_LIMIT
+        raise _rate_limited(f"Too many requests for this API key: at most {limit} a minute.", "key", limit, wait)
     actions.touch_api_key(api_key)
     return api_key
 
@@ -140,10 +151,8 @@ def endpoint(*methods, authenticated=True):
                         {"allowed": list(methods)},
                         {"Allow": allowed},
                     )
-                presented_hash = _presented_hash(request) if authenticated else None
-                _rate_limit(request, presented_hash)
                 if authenticated:
-                    request.api_key = _authenticate(presented_hash)
+                    request.api_key = _authenticate(request)
                 response = handler(request, *args, **kwargs)
             except ApiError as refusal:
                 response = error_response(

@@ -281,18 +281,3 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self):
         return self.key
-
-
-class RateLimitCounter(models.Model):
-    """Requests per bucket (a key or an address) per fixed window, shared by every web process."""
-
-    bucket = models.CharField(max_length=100)
-    window_start = models.BigIntegerField(help_text="Unix time of the window's start.")
-    count = models.PositiveIntegerField(default=0)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["bucket", "window_start"], name="one_counter_per_window")]
-        indexes = [models.Index(fields=["window_start"], name="ratelimit_window")]
-
-    def __str__(self):
-        return f"{self.bucket}@{self.window_start}"

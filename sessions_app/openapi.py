@@ -26,7 +26,8 @@ ERROR_DESCRIPTIONS = {
     "`machine_quota_exceeded`, or `idempotency_key_in_use` while a request with the same key runs.",
     410: "The session has ended; `details.reason` says why. The engine activates again.",
     422: "The Idempotency-Key came before with a different body.",
-    429: "Too many requests for this key or address; retry after `Retry-After` seconds.",
+    429: "Too many requests for this API key, or too many failed authentications from this address; retry after "
+    "`Retry-After` seconds.",
     503: "The database cannot be reached; nothing was granted. Retry after `Retry-After` seconds.",
 }
 
@@ -290,7 +291,7 @@ PATHS = {
                         "application/json": {"schema": {"$ref": "#/components/schemas/PublicKey"}},
                     },
                 },
-                **_error_responses(405, 429, 503),
+                **_error_responses(405, 503),
             },
         }
     },
@@ -305,7 +306,7 @@ PATHS = {
                     "headers": {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}},
                     "content": {"application/json": {"schema": {"type": "object", "required": ["openapi"]}}},
                 },
-                **_error_responses(405, 429, 503),
+                **_error_responses(405, 503),
             },
         }
     },

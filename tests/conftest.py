@@ -1,9 +1,11 @@
 import os
 
 import pytest
+from django.core.cache import caches
 from django.db import connection
 from django.test.utils import override_settings
 
+from sessions_app import ratelimit
 from tests import factories
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -49,6 +51,14 @@ def _test_settings():
         PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
     ):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits():
+    """Each test starts with no request counted: the suite's many 401s would otherwise add up to the
+    failure limit of the test client's one address. (The default cache is local memory in tests.)"""
+    caches["default"].clear()
+    ratelimit.reset()
 
 
 @pytest.fixture

@@ -11,3 +11,6 @@ os.environ["ALLOWED_HOSTS"] = "localhost,127.0.0.1,testserver"
 # Playwright's sync API runs an event loop in the test thread; the database calls the tests
 # make beside it are still synchronous.
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+# Rate limits count in this process's memory unless a test points them at Redis itself; a CACHE_URL
+# in a developer's .env must not send the suite's counters (or a clear()) to a shared server.
+os.environ["CACHE_URL"] = "locmemcache://"

@@ -3,7 +3,6 @@
 from datetime import timedelta
 
 import pytest
-from django.test import override_settings
 from django.utils import timezone
 
 from organizations.audit import Action
@@ -396,31 +395,6 @@ def test_an_idempotency_key_with_a_different_body_is_refused(engine, re_pool):
     assert response.status_code == 422
     assert error_of(response)["code"] == "idempotency_key_reused"
     assert EngineSession.objects.count() == 1
-
-
-# 429
-
-
-@override_settings(ENGINE_API_RATE_LIMITS={"key": (3, 60), "address": (1000, 60)})
-def test_too_many_requests_for_a_key_are_limited(engine, re_pool):
-    """Past the per-key limit the answer is 429 rate_limited with Retry-After in seconds."""
-    for _ in range(3):
-        assert engine.get("engine/organizations").status_code == 200
-    response = engine.get("engine/organizations")
-    assert response.status_code == 429
-    assert error_of(response)["code"] == "rate_limited"
-    assert 1 <= int(response["Retry-After"]) <= 60
-
-
-@override_settings(ENGINE_API_RATE_LIMITS={"key": (1000, 60), "address": (2, 60)})
-def test_too_many_requests_from_an_address_are_limited_before_the_key_is_checked(client, re_pool):
-    """The per-address limit also stops someone guessing keys."""
-    engine = Engine(client, "kat_" + "B" * 43)
-    assert engine.get("engine/organizations").status_code == 401
-    assert engine.get("engine/organizations").status_code == 401
-    response = engine.get("engine/organizations")
-    assert response.status_code == 429
-    assert int(response["Retry-After"]) >= 1
 
 
 # Refusals are audited

@@ -14,7 +14,7 @@ from licenses.models import LicensePool
 from organizations.audit import Action
 from organizations.models import AuditEvent
 from sessions_app import actions
-from sessions_app.models import ApiKey, EngineSession, IdempotencyRecord, Machine, RateLimitCounter, hash_api_key
+from sessions_app.models import ApiKey, EngineSession, IdempotencyRecord, Machine, hash_api_key
 from tests import factories
 
 from .conftest import Engine
@@ -55,18 +55,14 @@ def test_expire_sessions_deregisters_ephemeral_machines_and_idle_ones(re_pool):
 
 
 def test_expire_sessions_drops_old_bookkeeping(member_user):
-    """Idempotency records older than 48 hours and old rate-limit windows are deleted; recent ones stay."""
+    """Idempotency records older than 48 hours are deleted; recent ones stay."""
     api_key = factories.ApiKeyFactory(user=member_user)
     IdempotencyRecord.objects.create(
         api_key=api_key, key="old", request_fingerprint="x", created_at=timezone.now() - timedelta(hours=49)
     )
     IdempotencyRecord.objects.create(api_key=api_key, key="new", request_fingerprint="x")
-    now = int(timezone.now().timestamp())
-    RateLimitCounter.objects.create(bucket="key:1", window_start=now - 7200, count=3)
-    RateLimitCounter.objects.create(bucket="key:1", window_start=now - 30, count=3)
     call_command("expire_sessions", stdout=StringIO())
     assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new"]
-    assert RateLimitCounter.objects.count() == 1
 
 
 def test_expire_sessions_twice_changes_nothing_more(re_pool):

@@ -74,7 +74,7 @@ def check(document, method, path, response):
     return response
 
 
-@override_settings(ENGINE_API_RATE_LIMITS={"key": (40, 60), "address": (1000, 60)})
+@override_settings(API_RATE_LIMIT=40)
 def test_every_operation_answers_as_documented(document, client, member_user, organization, api_key):
     """Success and error answers of every operation match the document's schemas and headers."""
     engine = Engine(client, api_key.raw_key)

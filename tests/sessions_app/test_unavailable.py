@@ -3,6 +3,7 @@
 import pytest
 from django.db import connection
 
+from licenses.signing import forget_loaded_keys
 from sessions_app.models import EngineSession
 
 from .conftest import Engine
@@ -50,9 +51,24 @@ def test_an_unreachable_database_is_a_503(client, api_key, re_pool, path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_public_endpoints_are_503_too(client, db):
-    """The organizations list and public key need the database as well, and say so the same way."""
+def test_the_organizations_list_and_an_unloaded_public_key_are_503_too(client, api_key):
+    """The organizations list needs the database, and so does the public key until this process has
+    loaded it; both say so the same way."""
+    forget_loaded_keys()
     with DatabaseOutOfReach():
-        response = client.get("/api/v1/offline-licenses/public-key")
-    assert response.status_code == 503
-    assert response["Retry-After"]
+        responses = [
+            client.get("/api/v1/offline-licenses/public-key"),
+            Engine(client, api_key.raw_key).get("engine/organizations"),
+        ]
+    for response in responses:
+        assert response.status_code == 503
+        assert response["Retry-After"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_loaded_public_key_is_served_without_the_database(client, db):
+    """Once loaded, the public key is served from the process, so verifiers are not turned away when
+    the database is."""
+    assert client.get("/api/v1/offline-licenses/public-key").status_code == 200
+    with DatabaseOutOfReach():
+        assert client.get("/api/v1/offline-licenses/public-key").status_code == 200

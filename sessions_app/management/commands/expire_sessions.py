@@ -15,7 +15,6 @@ class Command(BaseCommand):
         done = actions.expire_sessions()
         self.stdout.write(
             f"Expired {done.sessions_expired} sessions, deregistered {done.machines_deregistered} idle machines, "
-            f"deleted {done.idempotency_records_deleted} idempotency records and "
-            f"{done.rate_limit_counters_deleted} rate-limit counters."
+            f"deleted {done.idempotency_records_deleted} idempotency records."
         )
         self.stdout.write(f"Rolled up {roll_up_every_pool()} hours of usage.")
