@@ -513,9 +513,9 @@ def _expire_batch(pool_id: int, *, wait: bool) -> int | None:
     with connection.cursor() as cursor:
         # Housekeeping need not wait for its commit to reach the disk: after a crash that loses it
         # the sessions are still lapsed (and count as ended everywhere), and the next run ends them.
-        cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        # Sent with the batch's statement, in the same round trip.
         cursor.execute(
-            sql,
+            "SET LOCAL synchronous_commit TO OFF; " + sql,
             {"pool": pool_id, "limit": EXPIRE_BATCH, "expired": EndReason.EXPIRED, "ephemeral": "ephemeral"},
         )
         locked, ended = cursor.fetchone()
