@@ -1,12 +1,14 @@
 from django.core.management.base import BaseCommand
 
+from licenses.usage import roll_up_every_pool
 from sessions_app import actions
 
 
 class Command(BaseCommand):
     help = (
-        "End sessions whose lease ran out and deregister machines past their pool's idle limit. "
-        "Safe to run from cron every minute on any number of hosts at once."
+        "End sessions whose lease ran out, deregister machines past their pool's idle limit and roll "
+        "finished hours of usage up for the usage page. Safe to run from cron every minute on any "
+        "number of hosts at once."
     )
 
     def handle(self, *args, **options):
@@ -15,3 +17,4 @@ class Command(BaseCommand):
             f"Expired {done.sessions_expired} sessions, deregistered {done.machines_deregistered} idle machines, "
             f"deleted {done.idempotency_records_deleted} idempotency records."
         )
+        self.stdout.write(f"Rolled up {roll_up_every_pool()} hours of usage.")
