@@ -60,7 +60,8 @@ def _lock_pool(pool_id: int) -> LicensePool:
     )
 
 
-def _pool_terms(pool: LicensePool) -> dict:
+def pool_terms(pool: LicensePool) -> dict:
+    """A pool's terms as the audit log records them."""
     return {
         "quota": pool.quota,
         "machine_quota": pool.machine_quota,
@@ -114,7 +115,7 @@ def provision_pool(
     Organization.objects.select_for_update().get(pk=organization.pk)
     pool = LicensePool.objects.select_for_update().filter(organization=organization, product=product).first()
     created = pool is None
-    before = None if created else _pool_terms(pool)
+    before = None if created else pool_terms(pool)
     if created:
         starts_at = starts_at or timezone.now()
         pool = LicensePool(
@@ -173,7 +174,7 @@ def provision_pool(
         action=Action.POOL_PROVISIONED,
         target=pool,
         before=before,
-        after=_pool_terms(pool) | {"sessions_ended": sessions_ended},
+        after=pool_terms(pool) | {"sessions_ended": sessions_ended},
         ip_address=ip_address,
     )
     return ProvisionResult(pool=pool, created=created, sessions_ended=sessions_ended)

@@ -324,3 +324,38 @@ class SigningKey(models.Model):
 
     def __str__(self):
         return f"Signing key of {self.created_at:%Y-%m-%d}"
+
+
+class UsageHour(models.Model):
+    """One finished hour of a pool's use, rolled up once from its sessions (licenses.usage explains
+    why finished hours never change). Hours without sessions have no row."""
+
+    pool = models.ForeignKey(LicensePool, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField(help_text="The hour's start, a whole UTC hour.")
+    peak = models.PositiveIntegerField(help_text="The most sessions held at once during the hour.")
+    held_at_start = models.PositiveIntegerField(help_text="Sessions begun before the hour and held past its start.")
+    started = models.PositiveIntegerField(help_text="Sessions begun during the hour.")
+    ended_before_start = models.PositiveIntegerField(
+        help_text="Of those, how many were recorded as ending at or before the hour's start (a session "
+        "ended by a transaction that began before the activation committed)."
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["pool", "hour"], name="one_usage_row_per_pool_hour")]
+
+    def __str__(self):
+        return f"{self.pool_id} {self.hour:%Y-%m-%d %H:00}: peak {self.peak}"
+
+
+class UsageRollup(models.Model):
+    """How far a pool's usage is rolled up into UsageHour rows, and what the next hours need to
+    know of the hours before them: which sessions begun earlier still held a license then."""
+
+    pool = models.OneToOneField(LicensePool, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    rolled_up_to = models.DateTimeField(help_text="Every hour before this one has its UsageHour row (or none).")
+    held_sessions = models.JSONField(
+        default=list, help_text="Ids of the sessions begun before rolled_up_to and held past it."
+    )
+
+    def __str__(self):
+        return f"{self.pool_id} rolled up to {self.rolled_up_to:%Y-%m-%d %H:00}"

@@ -1,15 +1,18 @@
 """How much of a pool was used, and when: the peak of concurrent sessions per time bucket, computed
 in the database, and the session history behind it."""
 
+import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from django.db import connection
-from django.db.models import Case, CharField, DateTimeField, F, Q, Value, When
-from django.db.models.functions import Coalesce, Least
+from django.db import connection, transaction
+from django.db.models import Case, CharField, Count, DateTimeField, F, IntegerField, Max, Q, Sum, Value, When
+from django.db.models.functions import Coalesce, Least, Now, TruncHour
 
 from sessions_app.models import EngineSession
+
+from .models import LicensePool, UsageHour, UsageRollup
 
 HOUR = timedelta(hours=1)
 SIX_HOURS = timedelta(hours=6)
@@ -197,6 +200,304 @@ def peak_by_bucket(*, pool, period, now):
     ]
 
 
+# The same peaks without scanning the period's sessions: finished hours are rolled up once.
+#
+# Why a finished hour never changes. The level at time t (sessions held at t) depends only on each
+# session's [start, end), and no write of the portal moves any part of that interval that lies more
+# than ROLLUP_DELAY in the past:
+# - an activation starts a session at its transaction's clock (Now()), which is at most a
+#   transaction's length before it commits;
+# - a heartbeat only extends a lease that is still running at its transaction's clock, so it moves
+#   an end that lies after that clock, into the future;
+# - ending a live session records the ending transaction's clock, after which it held nothing (it
+#   held its license until then either way), and ending a lapsed lease records the lease's end,
+#   which is where the session's end already was.
+# So as long as every transaction that writes sessions commits within ROLLUP_DELAY of starting
+# (they take milliseconds; the delay is minutes), the level at any t earlier than ROLLUP_DELAY before
+# the database's clock is final. The same bound keeps every session's recorded end less than
+# ROLLUP_DELAY (so less than an hour) before its start: an ending transaction can only see a
+# session whose activation has committed.
+#
+# What is rolled up, per pool and finished hour h (UsageHour): the peak, the highest level during
+# [h, h+1h) exactly as PEAK_SQL defines it; `held_at_start`, the sessions begun before h and held
+# past it; `started`, the sessions begun during the hour; and `ended_before_start`, those of them
+# recorded as ending at or before h. A bucket of the chart is a whole number of hours (every
+# granularity starts on a UTC hour), and the highest level over a union of hours is the highest of
+# their peaks, so a bucket's peak is the maximum of its hours' peaks: exactly PEAK_SQL's, with no
+# session read. The session history's count, sessions begun before the period's end that held a
+# license after its start, is held_at_start of its first hour, plus the sessions begun in its hours,
+# less those of the first hour recorded as ending by its start (an earlier start than that would
+# need an end more than an hour before the start, see above).
+#
+# Rolling up and the unfinished tail. UsageRollup says up to which hour (W) a pool is rolled up and
+# which sessions begun before W still held a license at W. A session that overlaps any time after
+# W either began at or after W (the (pool, started_at) index finds those) or is one of those held
+# sessions, so neither the next roll-up nor a page's live tail reads any older session. Rolling up
+# happens in expire_sessions (cron, every minute) and lazily when a page finds the rollup behind,
+# under a lock on the UsageRollup row only: never the pool's, so no activation waits for it, and
+# activations, heartbeats and releases write nothing more than before. A page reads the rolled-up
+# hours of its period and computes the hours from W to now from their sessions, as PEAK_SQL would.
+ROLLUP_DELAY = timedelta(minutes=15)
+
+# Per hour from `since`: the highest level at any event of the hour (the running sum over events in
+# time order, all events of one instant summed together, as in PEAK_SQL), the net change over the
+# hour, and the net change and the number of ends at the hour's first instant. The window runs over
+# every event read, including the starts before `since` of sessions still held then, so the levels
+# are the real ones; Python carries the level across hours without events.
+HOURLY_SQL = """
+WITH span AS (
+    SELECT started_at AS s,
+           CASE WHEN ended_at IS NOT NULL THEN ended_at
+                WHEN lease_expires_at < %s THEN lease_expires_at
+                ELSE %s END AS e
+    FROM {session_table}
+    WHERE pool_id = %s AND ((started_at >= %s AND started_at < %s) OR {held})
+),
+event AS (
+    SELECT s AS t, 1 AS delta FROM span WHERE e > s
+    UNION ALL SELECT e, -1 FROM span WHERE e > s
+),
+level AS (
+    SELECT t, delta, SUM(delta) OVER (ORDER BY t) AS concurrent FROM event
+),
+hourly AS (
+    SELECT {hour} AS hour, t, delta, concurrent FROM level WHERE t >= %s AND t < %s
+)
+SELECT hour, MAX(concurrent), SUM(delta),
+       SUM(CASE WHEN t = hour THEN delta ELSE 0 END),
+       SUM(CASE WHEN t = hour AND delta < 0 THEN 1 ELSE 0 END)
+FROM hourly GROUP BY hour ORDER BY hour
+"""
+
+
+def floor_hour(moment):
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _as_utc(value):
+    """A datetime from a raw cursor: aware on PostgreSQL, text on SQLite."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class HourFigures:
+    start: datetime
+    peak: int
+    held_at_start: int
+
+
+def hourly_figures(*, pool_id, since, until, held_sessions, clock):
+    """Each hour from `since` (a whole hour) until `until` (the last may be partial): its peak and the
+    sessions begun before it and held at its start. `held_sessions` are the ids of the sessions begun
+    before `since` and held past it; no other session begun before `since` is read."""
+    adapt = connection.ops.adapt_datetimefield_value
+    hour_sql, hour_params = connection.ops.datetime_trunc_sql("hour", "t", (), None)
+    if connection.vendor == "postgresql":
+        held, held_params = "id = ANY(%s::bigint[])", [list(held_sessions)]
+    else:
+        held, held_params = "id IN (SELECT value FROM json_each(%s))", [json.dumps(list(held_sessions))]
+    sql = HOURLY_SQL.format(
+        session_table=connection.ops.quote_name(EngineSession._meta.db_table), held=held, hour=hour_sql
+    )
+    params = [
+        adapt(clock),
+        adapt(clock),
+        pool_id,
+        adapt(since),
+        adapt(until),
+        *held_params,
+        *hour_params,
+        adapt(since),
+        adapt(until),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        by_hour = {_as_utc(row[0]): row[1:] for row in cursor.fetchall()}
+    figures = []
+    # Before `since` only the held sessions had begun, and all of them were still held.
+    level = len(held_sessions)
+    hour = since
+    while hour < until:
+        highest, net, net_at_start, ends_at_start = by_hour.get(hour, (None, 0, 0, 0))
+        at_start = level + int(net_at_start)
+        peak = at_start if highest is None else max(at_start, int(highest))
+        figures.append(HourFigures(hour, peak, level - int(ends_at_start)))
+        level += int(net)
+        hour += HOUR
+    return figures
+
+
+def roll_up(pool_id, *, until=None):
+    """Roll the pool's finished hours up to the last one that ended ROLLUP_DELAY ago by the
+    database's clock, or only up to `until` (a whole hour) if that is earlier. A pool another
+    process is rolling up right now is left to it. Returns the number of hours rolled up."""
+    if not UsageRollup.objects.filter(pool_id=pool_id).exists():
+        UsageRollup.objects.bulk_create(
+            [UsageRollup(pool_id=pool_id, rolled_up_to=_origin(pool_id))], ignore_conflicts=True
+        )
+    with transaction.atomic():
+        state = (
+            UsageRollup.objects.select_for_update(skip_locked=True)
+            .annotate(db_now=Now())
+            .filter(pool_id=pool_id)
+            .first()
+        )
+        if state is None:
+            return 0
+        target = floor_hour(state.db_now - ROLLUP_DELAY)
+        if until is not None:
+            target = min(target, until)
+        since = state.rolled_up_to
+        if target <= since:
+            return 0
+        held = state.held_sessions
+        hours = hourly_figures(pool_id=pool_id, since=since, until=target, held_sessions=held, clock=state.db_now)
+        begun = (
+            EngineSession.objects.filter(pool_id=pool_id, started_at__gte=since, started_at__lt=target)
+            .annotate(hour=TruncHour("started_at"))
+            .values("hour")
+            .annotate(started=Count("pk"), ended_before_start=Count("pk", filter=Q(ended_at__lte=F("hour"))))
+            .order_by()
+        )
+        begun = {_as_utc(row["hour"]): row for row in begun}
+        UsageHour.objects.bulk_create(
+            [
+                UsageHour(
+                    pool_id=pool_id,
+                    hour=figures.start,
+                    peak=figures.peak,
+                    held_at_start=figures.held_at_start,
+                    started=begun[figures.start]["started"] if figures.start in begun else 0,
+                    ended_before_start=begun[figures.start]["ended_before_start"] if figures.start in begun else 0,
+                )
+                for figures in hours
+                if figures.peak or figures.start in begun
+            ],
+            batch_size=1000,
+        )
+        # Which sessions begun before the target are held past it: of those held at the last
+        # roll-up and those begun since, the ones that end after it (a lease running past it, even
+        # if it lapses later, ends after it).
+        state.held_sessions = list(
+            EngineSession.objects.filter(pool_id=pool_id)
+            .filter(Q(started_at__gte=since, started_at__lt=target) | Q(pk__in=held))
+            .filter(Q(ended_at__gt=target) | Q(ended_at__isnull=True, lease_expires_at__gt=target))
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        state.rolled_up_to = target
+        state.save(update_fields=["rolled_up_to", "held_sessions"])
+    return len(hours)
+
+
+def roll_up_every_pool():
+    """Roll up every pool whose rollup is behind; expire_sessions does this every minute, so pages
+    rarely find one behind. Returns the number of hours rolled up."""
+    rolled_to = dict(UsageRollup.objects.values_list("pool_id", "rolled_up_to"))
+    hours = 0
+    for pool_id, db_now in LicensePool.objects.annotate(db_now=Now()).values_list("pk", "db_now").order_by("pk"):
+        if pool_id not in rolled_to or rolled_to[pool_id] < floor_hour(db_now - ROLLUP_DELAY):
+            hours += roll_up(pool_id)
+    return hours
+
+
+@transaction.atomic
+def forget_rollup(pool_ids):
+    """Drop these pools' rollups, to be rolled up afresh from their sessions. Deleting sessions
+    (an operator deleting a person or a machine) is the one change that rewrites finished hours."""
+    UsageRollup.objects.filter(pool_id__in=pool_ids).delete()  # waits for a roll-up in progress
+    UsageHour.objects.filter(pool_id__in=pool_ids).delete()
+
+
+def _origin(pool_id):
+    """Where a pool's rollup starts: the hour of its first session, or for a pool without sessions
+    the last finished hour, by the database's clock (every later session begins after it)."""
+    first = EngineSession.objects.filter(pool_id=pool_id).order_by("started_at").values_list("started_at", flat=True)
+    first = first.first()
+    if first is None:
+        first = LicensePool.objects.filter(pk=pool_id).annotate(db_now=Now()).values_list("db_now", flat=True).get()
+    return floor_hour(first - ROLLUP_DELAY)
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    buckets: list
+    # Sessions that held a license at some time in the period, as the unfiltered session history
+    # counts them; None when they were not counted here (the caller counts the history itself).
+    sessions_held: int | None
+
+
+def usage_in_period(*, pool, period, now):
+    """The buckets of `period` with their peaks, and how many sessions held a license in it: what
+    peak_by_bucket and counting the history give, from the rolled-up hours and a live tail."""
+    state = UsageRollup.objects.filter(pool=pool).annotate(db_now=Now()).first()
+    if state is None or state.rolled_up_to < floor_hour(state.db_now - ROLLUP_DELAY):
+        roll_up(pool.pk)
+        state = UsageRollup.objects.filter(pool=pool).first()
+    starts = period.bucket_starts()
+    if not starts:
+        return PeriodUsage([], 0)
+    rolled_to = state.rolled_up_to if state is not None else None
+    if rolled_to is None or (floor_hour(period.end) < rolled_to and period.end != floor_hour(period.end)):
+        # The period ends inside a rolled-up hour, which only happens when this host's clock is
+        # behind the database's by more than ROLLUP_DELAY: the rollup cannot cut that hour.
+        return PeriodUsage(peak_by_bucket(pool=pool, period=period, now=now), None)
+    start, end = period.start, period.end
+    rolled_end = min(rolled_to, end)
+    peaks = [0] * len(starts)
+    held_at_start = begun = 0
+    if start < rolled_end:
+        number = Case(
+            *[When(hour__lt=bucket_start, then=Value(n)) for n, bucket_start in enumerate(starts[1:])],
+            default=Value(len(starts) - 1),
+            output_field=IntegerField(),
+        )
+        first_hour = Q(hour=start)
+        for row in (
+            UsageHour.objects.filter(pool=pool, hour__gte=start, hour__lt=rolled_end)
+            .annotate(n=number)
+            .values("n")
+            .annotate(
+                peak=Max("peak"),
+                started=Sum("started"),
+                held=Max(Case(When(first_hour, then=F("held_at_start")), default=0)),
+                early=Max(Case(When(first_hour, then=F("ended_before_start")), default=0)),
+            )
+            .order_by()
+        ):
+            if row["peak"] is None:
+                continue  # one bucket makes `n` a constant, and an empty aggregate a row of NULLs
+            peaks[row["n"]] = row["peak"]
+            begun += row["started"] - row["early"]
+            held_at_start += row["held"]
+    if rolled_end < end:
+        tail = hourly_figures(
+            pool_id=pool.pk, since=rolled_end, until=end, held_sessions=state.held_sessions, clock=now
+        )
+        number = 0
+        for hour in tail:
+            if hour.start < start:
+                continue
+            while number + 1 < len(starts) and starts[number + 1] <= hour.start:
+                number += 1
+            peaks[number] = max(peaks[number], hour.peak)
+            if hour.start == start:
+                held_at_start = hour.held_at_start
+        begun += (
+            EngineSession.objects.filter(pool=pool, started_at__gte=max(start, rolled_end), started_at__lt=end)
+            .filter(Q(ended_at__gt=start) | Q(ended_at__isnull=True, lease_expires_at__gt=start))
+            .count()
+        )
+    ends = [*starts[1:], end]
+    buckets = [
+        Bucket(bucket_start, bucket_end, peak)
+        for bucket_start, bucket_end, peak in zip(starts, ends, peaks, strict=True)
+    ]
+    return PeriodUsage(buckets, held_at_start + begun)
+
+
 @dataclass(frozen=True)
 class UsageSummary:
     """The figures above the chart."""
@@ -204,6 +505,19 @@ class UsageSummary:
     buckets: list
     quota: int
     granularity: Granularity
+    # When the subscription ran: a bucket wholly outside it had nothing to use, so it says nothing
+    # about use and stays out of the average and of the buckets the quota could be reached in.
+    subscription_start: datetime | None = None
+    subscription_end: datetime | None = None
+
+    @property
+    def subscribed_buckets(self):
+        return [
+            bucket
+            for bucket in self.buckets
+            if (self.subscription_start is None or bucket.end > self.subscription_start)
+            and (self.subscription_end is None or bucket.start < self.subscription_end)
+        ]
 
     @property
     def peak(self):
@@ -216,9 +530,11 @@ class UsageSummary:
 
     @property
     def average_peak(self):
-        if not self.buckets:
+        """The average of the peaks while the subscription ran."""
+        subscribed = self.subscribed_buckets
+        if not subscribed:
             return 0
-        return sum(bucket.peak for bucket in self.buckets) / len(self.buckets)
+        return sum(bucket.peak for bucket in subscribed) / len(subscribed)
 
     @property
     def buckets_at_quota(self):

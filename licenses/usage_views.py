@@ -4,7 +4,6 @@ from collections import defaultdict
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -14,16 +13,19 @@ from organizations.audit import client_ip
 from organizations.csv_stream import streaming_csv_response
 from organizations.htmx import render_filtered
 from organizations.models import Membership
+from organizations.pagination import LongListPaginator
 from organizations.permissions import org_member_required
 from sessions_app.actions import release_session
 from sessions_app.models import EngineSession, Machine
 
 from .errors import LicenseRefusal
 from .models import LicensedUser, LicensePool, Product
-from .usage import LIVE, Chart, UsageSummary, format_duration, history, peak_by_bucket
+from .usage import LIVE, Chart, UsageSummary, format_duration, history, usage_in_period
 from .usage_forms import REASON_CHOICES, UsageFilterForm
 
 HISTORY_PAGE_SIZE = 50
+# Past this many sessions a filtered history says "more than" instead of counting them all.
+HISTORY_COUNT_BOUND = 10_000
 REASON_LABELS = dict(REASON_CHOICES)
 EXPORT_CHUNK_SIZE = 2000
 CSV_HEADER = [
@@ -85,11 +87,24 @@ def usage(request):
     if pools and form.is_valid():
         filters = form.cleaned_data
         pool, period = pools[filters["product"]], filters["period"]
+        used = usage_in_period(pool=pool, period=period, now=now)
         summary = UsageSummary(
-            buckets=peak_by_bucket(pool=pool, period=period, now=now), quota=pool.quota, granularity=period.granularity
+            buckets=used.buckets,
+            quota=pool.quota,
+            granularity=period.granularity,
+            subscription_start=pool.starts_at,
+            subscription_end=pool.expires_at,
         )
         sessions = _filtered_history(request, pool, filters, now).select_related("user", "machine")
-        page = Paginator(sessions, HISTORY_PAGE_SIZE).get_page(request.GET.get("page"))
+        # Counting a million sessions would take longer than the rest of the page: the whole
+        # history's count comes with the peaks, and a filtered one is counted only so far.
+        whole_history = request.membership.can_manage and not any(
+            filters[name] for name in ("user", "machine", "reason")
+        )
+        paginator = LongListPaginator(
+            sessions, HISTORY_PAGE_SIZE, count=used.sessions_held if whole_history else None, bound=HISTORY_COUNT_BOUND
+        )
+        page = paginator.get_page(request.GET.get("page"))
         context.update(
             pool=pool,
             period=period,

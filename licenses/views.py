@@ -5,8 +5,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, OuterRef, Q
-from django.db.models.functions import Now
+from django.db.models import Count, Exists, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from organizations.audit import client_ip
 from organizations.models import Membership
 from organizations.permissions import org_manager_required, org_member_required
-from sessions_app.models import Machine
+from sessions_app.models import EngineSession, Machine
 
 from . import actions
 from .errors import LicenseRefusal
@@ -254,16 +254,22 @@ def _context(request, pool, *, sections=None, extra=None):
         live = pool.sessions.live().select_related("user", "machine").order_by("-started_at", "-id")
         context["sessions"] = _paginate(live, params, "sessions_page")
     if everything or "machines" in wanted:
+        # Counted per listed machine by a subquery (PostgreSQL runs it for the page's rows only, on
+        # the (machine, ended_at) index): a COUNT over a join of every registered machine with every
+        # session it ever had took seconds with 10,000 machines and a year of sessions.
+        live_sessions = (
+            EngineSession.objects.live()
+            .filter(machine=OuterRef("pk"))
+            .order_by()
+            .values("machine")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
         registered = (
             Machine.objects.filter(pool=pool)
             .registered()
             .select_related("user")
-            .annotate(
-                live_session_count=Count(
-                    "sessions",
-                    filter=Q(sessions__ended_at__isnull=True, sessions__lease_expires_at__gt=Now()),
-                )
-            )
+            .annotate(live_session_count=Coalesce(Subquery(live_sessions), 0))
             .order_by("-last_seen_at", "-id")
         )
         context["machines"] = _paginate(registered, params, "machines_page")

@@ -15,7 +15,7 @@ from django.db.models.functions import Now
 from django_tasks_db.models import DBTaskResult
 
 from licenses.models import LicensedUser, LicensePool, OfflineLicense, Product
-from licenses.usage import DAILY, Period, peak_by_bucket
+from licenses.usage import DAILY, Period, usage_in_period
 from organizations.models import MANAGER_ROLES, Membership
 from sessions_app.actions import iso
 from sessions_app.models import EngineSession
@@ -164,7 +164,7 @@ def quota_warnings(now):
         elif overlapping.get(pk, 0) + offline.get(pk, 0) < threshold or now <= today:
             continue
         else:
-            buckets = peak_by_bucket(pool=pool, period=Period(today, now, DAILY, "today"), now=now)
+            buckets = usage_in_period(pool=pool, period=Period(today, now, DAILY, "today"), now=now).buckets
             peak = buckets[0].peak + offline.get(pk, 0)
         if peak < threshold:
             continue

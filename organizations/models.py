@@ -5,12 +5,15 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import IntegrityError, models, transaction
-from django.db.models import Case, Exists, OuterRef, Q, Subquery, When
+from django.db.models import Case, Exists, F, OuterRef, Q, Subquery, When
 from django.db.models.functions import Lower, Now
 from django.urls import reverse
 from django.utils import timezone
 
 INVITATION_LIFETIME = timedelta(days=7)
+# How much later than its end a session's last heartbeat can be recorded: a heartbeat and an end that
+# race commit one after the other, each with its own transaction's clock.
+HEARTBEAT_AFTER_END = timedelta(minutes=15)
 
 
 class UserManager(BaseUserManager):
@@ -134,9 +137,21 @@ class MembershipQuerySet(models.QuerySet):
         from licenses.models import LicensedUser
         from sessions_app.models import EngineSession
 
+        # The latest heartbeat without reading all of a person's sessions (a CI account may have a
+        # million): a session does not heartbeat after it ends (a heartbeat racing the end can land
+        # a transaction's wait later, far less than HEARTBEAT_AFTER_END), so the one with the latest
+        # heartbeat is open, or ended no earlier than that slack before the last heartbeat of the
+        # session that ended last. Both are short ranges of the (user, ended_at) index.
+        sessions = EngineSession.objects.for_org(organization)
+        last_ended_heartbeat = (
+            sessions.filter(user=OuterRef(OuterRef("user_id")), ended_at__isnull=False)
+            .order_by("-ended_at")
+            .annotate(bound=F("last_heartbeat_at") - HEARTBEAT_AFTER_END)
+            .values("bound")[:1]
+        )
         latest_heartbeat = (
-            EngineSession.objects.for_org(organization)
-            .filter(user=OuterRef("user_id"))
+            sessions.filter(user=OuterRef("user_id"))
+            .filter(Q(ended_at__isnull=True) | Q(ended_at__gte=Subquery(last_ended_heartbeat)))
             .order_by("-last_heartbeat_at")
             .values("last_heartbeat_at")[:1]
         )
@@ -281,7 +296,12 @@ class AuditEvent(models.Model):
     """One thing somebody did. Written in the transaction of the change it records; never edited."""
 
     organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, null=True, blank=True, related_name="audit_events"
+        Organization,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="audit_events",
+        db_index=False,  # audit_org_time_id leads with it
     )
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
@@ -301,7 +321,13 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["organization", "-created_at"], name="audit_org_time")]
+        indexes = [
+            # The audit log's page, count and date filters: one organization's events in the page's
+            # order, newest first, ties by id, so a page is read straight off the index.
+            models.Index(fields=["organization", "-created_at", "-id"], name="audit_org_time_id"),
+            # On PostgreSQL the "who" filter (actor_label contains) also has a trigram index, made in
+            # migration 0002 because SQLite has no such index.
+        ]
 
     def __str__(self):
         return f"{self.actor_label or 'system'} {self.action} {self.target_label}"

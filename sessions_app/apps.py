@@ -10,6 +10,6 @@ class SessionsAppConfig(AppConfig):
         # Removing a member is organizations' action; what the person held here ends in this app.
         from organizations.signals import member_removed
 
-        from . import actions
+        from . import actions, signals  # noqa: F401 (signals connects the usage rollup's receivers)
 
         member_removed.connect(actions.end_what_a_removed_member_holds, dispatch_uid="sessions_app.end_sessions")

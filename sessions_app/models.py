@@ -34,6 +34,14 @@ class MachineQuerySet(models.QuerySet):
         """Deregister these machines (their sessions must be ended by the caller first)."""
         return self.filter(deactivated_at__isnull=True).update(deactivated_at=Now(), deactivation_reason=reason)
 
+    def sessions_ended(self):
+        """Sessions on these machines just ended: the machines were seen now, and an ephemeral one
+        left without a live session is deregistered."""
+        self.update(last_seen_at=Now())
+        self.filter(ephemeral=True).exclude(
+            Exists(EngineSession.objects.live().filter(machine=OuterRef("pk")))
+        ).deactivate("ephemeral")
+
     def idle_for_pool(self, pool):
         """Registered machines of the pool idle longer than its idle limit, by the database's clock:
         not seen within it, and no session on them open (live or lapsed) or ended within it. Due for
@@ -125,11 +133,27 @@ class EngineSessionQuerySet(models.QuerySet):
             ended_at=models.F("lease_expires_at"), end_reason=EndReason.EXPIRED
         )
         ended = open_sessions.filter(lease_expires_at__gt=Now()).update(ended_at=Now(), end_reason=reason)
-        Machine.objects.filter(pk__in=machine_ids).update(last_seen_at=Now())
-        Machine.objects.filter(pk__in=machine_ids, ephemeral=True).exclude(
-            Exists(EngineSession.objects.live().filter(machine=OuterRef("pk")))
-        ).deactivate("ephemeral")
+        Machine.objects.filter(pk__in=machine_ids).sessions_ended()
         return ended
+
+    def expire_lapsed(self, limit):
+        """End up to `limit` of these sessions whose lease ran out (reason expired, at the lease's
+        end), as end() does, in three statements: the ones to end are chosen and locked in one, and
+        rows another transaction holds (a heartbeat or release ending them itself) are left to it.
+        Returns how many ended."""
+        lapsed = list(
+            self.lapsed()
+            .order_by("lease_expires_at", "pk")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", "machine_id")[:limit]
+        )
+        if not lapsed:
+            return 0
+        self.filter(pk__in=[pk for pk, _machine in lapsed]).update(
+            ended_at=models.F("lease_expires_at"), end_reason=EndReason.EXPIRED
+        )
+        Machine.objects.filter(pk__in={machine for _pk, machine in lapsed}).sessions_ended()
+        return len(lapsed)
 
 
 class EngineSession(models.Model):

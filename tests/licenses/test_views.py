@@ -425,3 +425,18 @@ def test_an_htmx_answer_of_several_sections_reads_the_switcher_once(owner_client
         and 'ORDER BY "organizations_organization"."name"' in query["sql"]
     ]
     assert len(switcher_reads) <= 1, switcher_reads
+
+
+def test_each_machine_shows_how_many_of_its_sessions_are_live(owner_client, re_pool, owner):
+    """A machine's live sessions count those holding a license now: not lapsed leases, not ended
+    sessions, not another machine's."""
+    now = timezone.now()
+    busy, quiet = factories.MachineFactory(pool=re_pool), factories.MachineFactory(pool=re_pool)
+    for _ in range(2):
+        factories.EngineSessionFactory(pool=re_pool, machine=busy, user=owner)
+    factories.EngineSessionFactory(pool=re_pool, machine=busy, user=owner, lease_expires_at=now - timedelta(seconds=1))
+    factories.EngineSessionFactory(pool=re_pool, machine=busy, user=owner, ended_at=now, end_reason=EndReason.RELEASED)
+    factories.EngineSessionFactory(pool=re_pool, machine=quiet, user=owner, lease_expires_at=now - timedelta(hours=1))
+    machines = {machine.pk: machine for machine in owner_client.get(product_url(re_pool)).context["machines"]}
+    assert machines[busy.pk].live_session_count == 2
+    assert machines[quiet.pk].live_session_count == 0

@@ -134,6 +134,45 @@ class TestMembersPage:
         response = owner_client.get(members_url(organization))
         assert b"3\xc2\xa0hours ago" in response.content
 
+    def test_last_heartbeat_is_the_latest_of_all_sessions_in_the_organization(self, organization, member_user):
+        """The members page's last heartbeat is the latest of the person's sessions in this
+        organization's pools, whichever ended last or is still open, and whatever their other
+        organizations saw."""
+        now = timezone.now()
+        pool = factories.LicensePoolFactory(organization=organization)
+        elsewhere = factories.LicensePoolFactory(product="RE")
+
+        def session(pool, beat, ended=None, **fields):
+            return factories.EngineSessionFactory(
+                pool=pool,
+                user=member_user,
+                started_at=beat - timedelta(hours=1),
+                last_heartbeat_at=beat,
+                lease_expires_at=beat + timedelta(minutes=5),
+                ended_at=ended,
+                end_reason="released" if ended else "",
+                **fields,
+            )
+
+        def latest():
+            membership = Membership.objects.filter(user=member_user, organization=organization)
+            return membership.with_activity(organization).get().last_heartbeat_at
+
+        assert latest() is None
+        session(pool, now - timedelta(days=3), ended=now - timedelta(days=3))
+        assert latest() == now - timedelta(days=3)
+        # Heartbeated last but ended before one that heartbeated earlier and ran on.
+        session(pool, now - timedelta(hours=5), ended=now - timedelta(hours=5))
+        session(pool, now - timedelta(hours=6), ended=now - timedelta(hours=4))
+        assert latest() == now - timedelta(hours=5)
+        # A heartbeat that raced the end and was recorded a moment after it.
+        session(pool, now - timedelta(hours=2), ended=now - timedelta(hours=2, seconds=1))
+        assert latest() == now - timedelta(hours=2)
+        session(elsewhere, now - timedelta(minutes=1), ended=now)
+        assert latest() == now - timedelta(hours=2)
+        session(pool, now - timedelta(minutes=30))  # open
+        assert latest() == now - timedelta(minutes=30)
+
     def test_members_see_the_lists_but_no_invitation_links_or_controls(
         self, member_client, organization, owner, invitation
     ):

@@ -9,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from organizations import audit_views
 from organizations.audit import Action, record
 from organizations.models import AuditEvent
 
@@ -171,3 +172,26 @@ def test_export_is_exactly_the_filtered_events(owner_client, organization, other
         .values_list("target_id", flat=True)
     )
     assert [row[6] for row in rows] == expected
+
+
+def test_a_long_log_is_counted_only_as_far_as_the_pages_need(owner_client, organization, owner, monkeypatch):
+    """Past the counting bound the page says "more than" and offers the next page, without counting
+    every event; paging on counts further, and near the end the count is exact again."""
+    monkeypatch.setattr(audit_views, "AUDIT_COUNT_BOUND", 20)
+    make_events(organization, 120, actor=owner)
+    html = owner_client.get(audit_url(organization)).content.decode()
+    assert "More than 100 events." in html
+    assert "Page 1 of more than 2" in html and 'rel="next"' in html
+    response = owner_client.get(audit_url(organization, page=2))
+    html = response.content.decode()
+    assert "120 events." in html and "Page 2 of 3" in html
+    assert len(response.context["rows"]) == 50
+    response = owner_client.get(audit_url(organization, page=3))
+    assert len(response.context["rows"]) == 20 and 'rel="next"' not in response.content.decode()
+
+
+def test_a_log_within_the_bound_is_counted_exactly(owner_client, organization, owner, monkeypatch):
+    monkeypatch.setattr(audit_views, "AUDIT_COUNT_BOUND", 200)
+    make_events(organization, 120, actor=owner)
+    html = owner_client.get(audit_url(organization, actor=owner.email)).content.decode()
+    assert "120 events." in html and "Page 1 of 3" in html

@@ -9,11 +9,13 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from licenses import usage_views
 from sessions_app.models import EndReason, EngineSession
 from tests import factories
 from tests.usage.conftest import ended_session, live_session
 
-USAGE_PAGE_QUERIES = 9
+USAGE_PAGE_QUERIES = 11
+USAGE_PAGE_FIRST_QUERIES = 23
 
 
 def usage_url(organization, **params):
@@ -52,23 +54,36 @@ def read_csv(response):
 def test_usage_page_renders_in_a_fixed_number_of_queries(
     owner_client, organization, re_pool, rows, django_assert_max_num_queries
 ):
-    """The usage page costs the same queries for 10 sessions as for 500: no query per row."""
+    """The usage page costs the same queries for 10 sessions as for 500: no query per row. Its
+    first view rolls the finished hours up, in a fixed number of queries too."""
     make_history(re_pool, rows)
+    with django_assert_max_num_queries(USAGE_PAGE_FIRST_QUERIES):
+        owner_client.get(usage_url(organization))
     with django_assert_max_num_queries(USAGE_PAGE_QUERIES):
         response = owner_client.get(usage_url(organization))
     assert response.status_code == 200
     assert b"Session history" in response.content
 
 
-def test_query_count_does_not_grow_with_rows(owner_client, organization, re_pool):
-    """Rendering with 500 sessions takes exactly as many queries as with 10."""
-    make_history(re_pool, 10)
-    with CaptureQueriesContext(connection) as few:
-        owner_client.get(usage_url(organization))
-    make_history(re_pool, 490)
-    with CaptureQueriesContext(connection) as many:
-        owner_client.get(usage_url(organization))
-    assert len(few) == len(many)
+def _organization_with_history(sessions):
+    owner = factories.UserFactory()
+    organization = factories.OrganizationFactory(owner=owner)
+    make_history(factories.LicensePoolFactory(organization=organization, product="RE", quota=3), sessions)
+    return owner, organization
+
+
+def test_query_count_does_not_grow_with_rows(db, client):
+    """Rendering with 500 sessions takes exactly as many queries as with 10, on the first view
+    (which rolls the finished hours up) and on the next."""
+    counts = []
+    for sessions in (10, 500):
+        owner, organization = _organization_with_history(sessions)
+        client.force_login(owner)
+        for _view in ("first", "next"):
+            with CaptureQueriesContext(connection) as queries:
+                assert client.get(usage_url(organization)).status_code == 200
+            counts.append(len(queries))
+    assert counts[:2] == counts[2:]
 
 
 def test_page_shows_peak_quota_and_chart(owner_client, organization, re_pool):
@@ -83,6 +98,36 @@ def test_page_shows_peak_quota_and_chart(owner_client, organization, re_pool):
     assert html.count('class="bar at-quota"') == 2  # the two hours the three sessions spanned
     assert "Chart data as a table" in html
     assert "style=" not in html and "<script>" not in html
+
+
+def test_twelve_month_averages_count_only_months_of_the_subscription(owner_client, organization, re_pool, owner):
+    """A subscription that began last month is averaged over the months it ran, not over a year of
+    months before it existed; the months at quota are counted out of those months too."""
+    now = timezone.now()
+    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    re_pool.starts_at = (this_month - timedelta(days=1)).replace(day=15)  # the middle of last month
+    re_pool.save()
+    machine = factories.MachineFactory(pool=re_pool)
+    EngineSession.objects.bulk_create(
+        ended_session(
+            re_pool,
+            user=owner,
+            machine=machine,
+            started_at=moment,
+            ended_at=moment + timedelta(minutes=30),
+        )
+        for moment in (re_pool.starts_at + timedelta(days=1), min(this_month + timedelta(hours=1), now))
+        if moment + timedelta(minutes=30) < now
+    )
+    response = owner_client.get(usage_url(organization, range="12m"))
+    summary = response.context["summary"]
+    assert len(summary.buckets) == 12
+    assert [bucket.start.month for bucket in summary.subscribed_buckets] == [
+        bucket.start.month for bucket in summary.buckets[-2:]
+    ]
+    assert summary.average_peak == sum(bucket.peak for bucket in summary.buckets[-2:]) / 2
+    assert summary.average_peak > 0
+    assert "of 2 (month)" in response.content.decode()
 
 
 def test_history_lists_sessions_with_their_end(owner_client, organization, re_pool, owner):
@@ -249,3 +294,17 @@ def test_a_bad_filter_over_htmx_answers_with_the_message_in_the_fragment(owner_c
     assert response.status_code == 200
     assert html.lstrip().startswith('<div id="usage-results">')
     assert 'role="alert"' in html and "From: Custom dates need both a first and a last day." in html
+
+
+def test_a_long_filtered_history_is_counted_only_as_far_as_the_pages_need(
+    owner_client, organization, re_pool, monkeypatch
+):
+    """A filtered history past the counting bound says "more than" and still offers the next page;
+    the whole history's count, which comes with the peaks, stays exact."""
+    monkeypatch.setattr(usage_views, "HISTORY_COUNT_BOUND", 10)
+    alice = factories.UserFactory(email="alice@example.com")
+    make_history(re_pool, 120, user=alice)
+    html = owner_client.get(usage_url(organization, user="alice")).content.decode()
+    assert "More than 100 sessions held a license" in html and 'rel="next"' in html
+    html = owner_client.get(usage_url(organization)).content.decode()
+    assert "120 sessions held a license" in html and "Page 1 of 3" in html
