@@ -3,10 +3,14 @@ those a plain computation over the same tickets and counters gives."""
 
 import math
 from datetime import UTC, datetime, timedelta
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
+from django.utils import timezone
 
 from licenses.demand import Demand, demand_by_bar
+from licenses.models import LicensePool
 from licenses.usage import custom_period, preset_period
 from sessions_app.models import QuotaRefusalHour
 from tests import factories
@@ -108,3 +112,14 @@ def test_a_pool_without_demand_shows_none(re_pool):
     bars, overall = demand_by_bar(pool=re_pool, period=preset_period("7d", NOW))
     assert bars == [Demand()] * 28
     assert overall == Demand()
+
+
+@pytest.mark.django_db
+def test_the_demo_history_has_waits_and_refusals_to_show():
+    """seed_demo's 30 days: some engines waited in line (never past their half hour) and some were
+    refused, so the usage page's demand figures have something to show."""
+    call_command("seed_demo", "--once", stdout=StringIO())
+    pool = LicensePool.objects.get(organization__name="Demo QA", product="RE")
+    _, overall = demand_by_bar(pool=pool, period=preset_period("30d", timezone.now()))
+    assert overall.waits > 0 and overall.refused > 0
+    assert timedelta(0) < overall.median_wait <= overall.p95_wait <= timedelta(minutes=30)
