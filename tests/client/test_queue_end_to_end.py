@@ -3,7 +3,7 @@ served by gunicorn (several workers, each request on its own connection) on Post
 
 Fifty engines against ten licenses: every run finishes, never more than ten commands run at once
 (each command notes its start and end in a shared file), and licenses go out in the order the
-engines first asked."""
+engines first asked; the usage page shows their waits."""
 
 import os
 import signal
@@ -11,10 +11,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.db import connection
+from django.test import Client
+from django.urls import reverse
 
 from licenses.models import LicensePool
 from sessions_app.models import EngineSession, QueueTicket
@@ -168,7 +171,8 @@ def test_fifty_engines_share_ten_licenses_in_the_order_they_asked(served, tmp_pa
     engine asks, gets a ticket and waits; then the ten are released. All fifty finish with their
     command's exit code, never more than ten commands run at once, no engine lost its place in line,
     and no ticket was granted before more than quota - 1 older ones: at each grant every older
-    ticket still waiting had a license set aside for it, and took it at its next poll."""
+    ticket still waiting had a license set aside for it, and took it at its next poll. The owner's
+    usage page then counts all fifty waits, with their median and 95th percentile."""
     held = factories.EngineSessionFactory.create_batch(QUOTA, pool=served.pool, user=served.owner)
     log = tmp_path / "stints.log"
     began = time.monotonic()
@@ -216,7 +220,21 @@ def test_fifty_engines_share_ten_licenses_in_the_order_they_asked(served, tmp_pa
     for position, session in enumerate(grant_order):
         assert sum(1 for older in grant_order[:position] if older > session) <= QUOTA - 1
     assert not EngineSession.objects.filter(pool=served.pool).live().exists()
+
+    # The owner's usage page counts every one of those waits, with their median and 95th percentile.
+    owner = Client()
+    owner.force_login(served.owner)
+    organization_id = served.pool.organization.public_id
+    page = owner.get(reverse("usage", args=[organization_id]), {"product": "RE", "range": "24h"})
+    assert page.status_code == 200
+    waits = page.context["demand"]
+    assert waits.waits == ENGINES
+    assert sum(row["waits"] for row in page.context["demand_rows"]) == ENGINES
+    assert timedelta(0) < waits.median_wait <= waits.p95_wait < timedelta(seconds=RUN_LIMIT)
+    assert page.context["demand_p95"] in page.content.decode()
     print(
         f"\n{ENGINES} engines, quota {QUOTA}: all in line {all_in_line - began:.1f} s after starting, all done "
-        f"{finished - all_in_line:.1f} s after the licenses were released, at most {most} commands at once"
+        f"{finished - all_in_line:.1f} s after the licenses were released, at most {most} commands at once; "
+        f"usage page: {waits.waits} waits, median {page.context['demand_median']}, "
+        f"95th percentile {page.context['demand_p95']}"
     )
