@@ -267,8 +267,8 @@ class QueueTicket(models.Model):
     """An RE activation waiting in its pool's line for a license (contract: "Waiting for a license").
 
     The line is first come, first served by id: tickets are created under the pool's lock, so ids
-    follow the order in which engines asked. Ended tickets are kept: granted ones are the waits the
-    usage page measures."""
+    follow the order in which engines asked. Ended tickets are kept for the record; the usage page
+    reads waits from QueueWaitHour."""
 
     public_id = models.CharField(max_length=40, unique=True, default=generate_ticket_id, editable=False)
     pool = models.ForeignKey(LicensePool, on_delete=models.CASCADE, related_name="queue_tickets")
@@ -301,8 +301,6 @@ class QueueTicket(models.Model):
             models.Index(
                 fields=["pool", "poll_before"], condition=Q(ended_at__isnull=True), name="ticket_open_by_pool"
             ),
-            # The usage page's waits per bucket: granted tickets of one pool by when they were granted.
-            models.Index(fields=["pool", "ended_at"], condition=Q(outcome="granted"), name="ticket_granted_by_pool"),
         ]
 
     def __str__(self):
@@ -323,6 +321,36 @@ class QuotaRefusalHour(models.Model):
 
     def __str__(self):
         return f"{self.pool_id} {self.hour:%Y-%m-%d %H:00}: {self.refusals} refused"
+
+
+def wait_resolution(seconds):
+    """How finely QueueWaitHour keeps a wait: to the second below ten minutes, to ten seconds below an
+    hour, to the minute beyond. Returns the wait rounded down to that."""
+    seconds = max(0, int(seconds))
+    if seconds < 600:
+        return seconds
+    if seconds < 3600:
+        return seconds - seconds % 10
+    return seconds - seconds % 60
+
+
+class QueueWaitHour(models.Model):
+    """How many engines of a pool got a license in one UTC hour after waiting `wait_seconds` in line
+    (wait_resolution). Counters, not a row per wait: the usage page's waits per bar, with exact
+    (to that resolution) medians and percentiles, read a few rows per hour whatever the volume."""
+
+    pool = models.ForeignKey(LicensePool, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField(help_text="The hour the license was granted in, a whole UTC hour.")
+    wait_seconds = models.PositiveIntegerField()
+    waits = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["pool", "hour", "wait_seconds"], name="one_wait_count_per_pool_hour_wait")
+        ]
+
+    def __str__(self):
+        return f"{self.pool_id} {self.hour:%Y-%m-%d %H:00}: {self.waits} waited {self.wait_seconds} s"
 
 
 API_KEY_PREFIX = "kat_"

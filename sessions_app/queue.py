@@ -31,7 +31,7 @@ from licenses import errors
 from licenses.models import LicensePool, OfflineLicense, Product
 from organizations.audit import Action, record
 
-from .models import EngineSession, QueueTicket, QuotaRefusalHour, TicketOutcome
+from .models import EngineSession, QueueTicket, QueueWaitHour, QuotaRefusalHour, TicketOutcome, wait_resolution
 
 DEFAULT_MAX_WAIT_SECONDS = 1800
 MAX_WAIT_SECONDS = 86_400
@@ -273,10 +273,43 @@ def keep_waiting(pool: LicensePool, counts: PoolCounts, ticket: QueueTicket, *, 
 
 
 def granted(ticket: QueueTicket, session: EngineSession, now: datetime) -> None:
-    """The ticket is used up by the session it was granted."""
+    """The ticket is used up by the session it was granted, and its wait counts in the hour's
+    QueueWaitHour for the usage page."""
     QueueTicket.objects.filter(pk=ticket.pk).update(
         ended_at=now, outcome=TicketOutcome.GRANTED, session=session, last_polled_at=now
     )
+    count_wait(ticket.pool_id, granted_at=now, waited=now - ticket.joined_at)
+
+
+def count_wait(pool_id: int, *, granted_at: datetime, waited: timedelta) -> None:
+    """One more engine of the pool got a license at `granted_at` after waiting `waited`."""
+    _add_one(
+        QueueWaitHour,
+        "waits",
+        pool_id=pool_id,
+        hour=_hour_of(granted_at),
+        wait_seconds=wait_resolution(waited.total_seconds()),
+    )
+
+
+def _hour_of(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _add_one(model, counter: str, **key) -> None:
+    """Add one to `model`'s `counter` in the row of `key` (made if missing), in one upsert: engines
+    counted at once add up exactly, each waiting only for the row's brief lock."""
+    quote = connection.ops.quote_name
+    table = quote(model._meta.db_table)
+    columns = [quote(model._meta.get_field(name.removesuffix("_id")).column) for name in key]
+    values = [connection.ops.adapt_datetimefield_value(v) if isinstance(v, datetime) else v for v in key.values()]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}, {quote(counter)}) "  # noqa: S608 (names from the model)
+            f"VALUES ({', '.join(['%s'] * len(values))}, 1) "
+            f"ON CONFLICT ({', '.join(columns)}) DO UPDATE SET {quote(counter)} = {table}.{quote(counter)} + 1",
+            values,
+        )
 
 
 def note_refusal(refusal: errors.LicenseRefusal) -> None:
@@ -290,15 +323,5 @@ def note_refusal(refusal: errors.LicenseRefusal) -> None:
             ended_at=refusal.refused_at, outcome=TicketOutcome.EXPIRED, last_polled_at=refusal.refused_at
         )
     pool_id = getattr(refusal, "pool_id", None)
-    if pool_id is None:
-        return
-    # One upsert per refusal: a hundred engines refused at once add up exactly, each waiting only
-    # for the counter row's brief lock.
-    hour = refusal.refused_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    table = connection.ops.quote_name(QuotaRefusalHour._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (pool_id, hour, refusals) VALUES (%s, %s, 1) "  # noqa: S608 (the model's table)
-            f"ON CONFLICT (pool_id, hour) DO UPDATE SET refusals = {table}.refusals + 1",
-            [pool_id, connection.ops.adapt_datetimefield_value(hour)],
-        )
+    if pool_id is not None:
+        _add_one(QuotaRefusalHour, "refusals", pool_id=pool_id, hour=_hour_of(refusal.refused_at))

@@ -16,7 +16,7 @@ from organizations.audit import Action
 from organizations.models import AuditEvent
 from sessions_app import queue as queue_rules
 from sessions_app.actions import expire_sessions
-from sessions_app.models import EngineSession, QueueTicket, QuotaRefusalHour
+from sessions_app.models import EngineSession, QueueTicket, QueueWaitHour, QuotaRefusalHour
 from tests import factories
 
 from .conftest import Engine
@@ -176,6 +176,11 @@ def test_a_poll_is_answered_202_until_a_license_is_free_then_201(engine, full_po
     assert (session.hostname, session.engine_version) == ("agent-1.ci", "10.2")
     row = QueueTicket.objects.get(public_id=ticket)
     assert (row.outcome, row.session_id) == ("granted", session.pk)
+    # The usage page's waits: one engine, in the hour it was granted, after its wait.
+    (waited,) = QueueWaitHour.objects.filter(pool=pool)
+    assert waited.waits == 1
+    assert waited.hour == row.ended_at.replace(minute=0, second=0, microsecond=0)
+    assert waited.wait_seconds == int((row.ended_at - row.joined_at).total_seconds())
     assert error_of(poll(engine, ticket), 404)["code"] == "ticket_not_found"
     assert EngineSession.objects.live().count() == 3
 
@@ -553,7 +558,7 @@ def test_activation_with_nobody_waiting_costs_what_it_did(engine, re_pool, djang
 
 def test_activation_with_engines_waiting_costs_the_same(client, engine, full_pool, django_assert_num_queries):
     """Refused or granted, a request without queue costs what it did before the queue while tickets
-    wait; a poll that is granted adds the ticket's lookup and its end."""
+    wait; a poll that is granted adds the ticket's lookup, its end and the count of its wait."""
     pool = full_pool
     ticket = join(engine, "agent-0")["ticket"]
     for n in range(1, 5):
@@ -570,5 +575,5 @@ def test_activation_with_engines_waiting_costs_the_same(client, engine, full_poo
         assert engine.activate(machine_id="newcomer").status_code == 201
     with django_assert_num_queries(13):
         assert poll(engine, ticket, "agent-4").status_code == 404
-    with django_assert_num_queries(14):
+    with django_assert_num_queries(15):
         assert poll(engine, ticket, "agent-0").status_code == 201

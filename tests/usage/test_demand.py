@@ -12,7 +12,8 @@ from django.utils import timezone
 from licenses.demand import Demand, demand_by_bar
 from licenses.models import LicensePool
 from licenses.usage import custom_period, preset_period
-from sessions_app.models import QuotaRefusalHour
+from sessions_app.models import QuotaRefusalHour, wait_resolution
+from sessions_app.queue import count_wait
 from tests import factories
 
 NOW = datetime(2026, 11, 28, 15, 40, tzinfo=UTC)
@@ -23,21 +24,20 @@ def nearest_rank(waits, percentile):
     return ordered[math.ceil(percentile * len(ordered) / 100) - 1]
 
 
-def granted(pool, *, ended_at, waited, **fields):
-    return factories.QueueTicketFactory(
-        pool=pool,
-        joined_at=ended_at - waited,
-        ended_at=ended_at,
-        outcome="granted",
-        poll_before=ended_at + timedelta(seconds=30),
-        **fields,
-    )
+def granted(pool, *, ended_at, waited):
+    """An engine got a license at `ended_at` after waiting `waited`, counted as a granted poll does."""
+    count_wait(pool.pk, granted_at=ended_at, waited=waited)
+
+
+def kept(waits):
+    """The waits as the counters keep them (wait_resolution)."""
+    return [timedelta(seconds=wait_resolution(wait.total_seconds())) for wait in waits]
 
 
 def test_each_bar_counts_its_refusals_and_ranks_its_waits(re_pool, other_organization):
     """Per hour of the last 24: refusals summed from the hourly counters, waits counted with their
-    nearest-rank median and 95th percentile, by the hour a wait ended; tickets not granted, other
-    pools and times outside the period count nowhere."""
+    nearest-rank median and 95th percentile, by the hour the license was granted; other pools and
+    times outside the period count nowhere."""
     period = preset_period("24h", NOW)
     hour = NOW.replace(minute=0, second=0, microsecond=0)
     waits_at_14 = [timedelta(seconds=s) for s in (5, 90, 12, 600, 33, 47, 2, 8, 300, 61, 75)]
@@ -47,10 +47,6 @@ def test_each_bar_counts_its_refusals_and_ranks_its_waits(re_pool, other_organiz
     granted(re_pool, ended_at=period.start - timedelta(seconds=1), waited=timedelta(hours=2))
     elsewhere = factories.LicensePoolFactory(organization=other_organization, product="RE")
     granted(elsewhere, ended_at=hour - timedelta(minutes=30), waited=timedelta(hours=1))
-    factories.QueueTicketFactory(pool=re_pool, joined_at=hour - timedelta(minutes=40))  # still waiting
-    factories.QueueTicketFactory(
-        pool=re_pool, joined_at=hour - timedelta(minutes=40), ended_at=hour - timedelta(minutes=10), outcome="dropped"
-    )
     QuotaRefusalHour.objects.bulk_create(
         [
             QuotaRefusalHour(pool=re_pool, hour=hour - timedelta(hours=1), refusals=7),
@@ -106,6 +102,29 @@ def test_percentiles_are_nearest_rank_for_any_number_of_waits(re_pool, count):
     (bar,) = [bar for bar in bars if bar.waits]
     assert (bar.median_wait, bar.p95_wait) == (nearest_rank(waits, 50), nearest_rank(waits, 95))
     assert (overall.median_wait, overall.p95_wait) == (bar.median_wait, bar.p95_wait)
+
+
+def test_long_waits_are_kept_to_ten_seconds_then_to_the_minute(re_pool):
+    """Below ten minutes a wait is kept to the second, below an hour to ten seconds, beyond to the
+    minute (rounded down); the percentiles are those of the kept waits."""
+    assert [wait_resolution(s) for s in (0, 599.9, 600, 609, 3599, 3600, 3661, 86_399)] == [
+        0,
+        599,
+        600,
+        600,
+        3590,
+        3600,
+        3660,
+        86_340,
+    ]
+    hour = NOW.replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    waits = [timedelta(seconds=s) for s in (601, 1234, 4000, 4001, 7259)]
+    for n, waited in enumerate(waits):
+        granted(re_pool, ended_at=hour + timedelta(minutes=n), waited=waited)
+    _, overall = demand_by_bar(pool=re_pool, period=preset_period("24h", NOW))
+    assert overall.waits == 5
+    assert (overall.median_wait, overall.p95_wait) == (nearest_rank(kept(waits), 50), nearest_rank(kept(waits), 95))
+    assert (overall.median_wait, overall.p95_wait) == (timedelta(seconds=3960), timedelta(seconds=7200))
 
 
 def test_a_pool_without_demand_shows_none(re_pool):

@@ -21,10 +21,12 @@ from sessions_app.models import (
     EngineSession,
     Machine,
     QueueTicket,
+    QueueWaitHour,
     QuotaRefusalHour,
     TicketOutcome,
     generate_session_id,
     generate_ticket_id,
+    wait_resolution,
 )
 
 DEMO_ORGANIZATION = "Demo QA"
@@ -97,6 +99,10 @@ def _copy_text(value):
     if isinstance(value, dict | list):
         value = json.dumps(value)
     return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _hour(moment):
+    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 def _adapted(value):
@@ -446,8 +452,8 @@ class Command(BaseCommand):
 
     def insert_demand(self, pool, machines, waits, refused):
         """What the usage page shows of demand the pool did not meet at once: the engines that waited
-        in line, (asked, granted) each, as used-up queue tickets (not linked to their sessions: only
-        the usage figures read them), and the moments activations were refused, counted per hour."""
+        in line, (asked, granted) each, as used-up queue tickets (not linked to their sessions) and
+        counted per hour by wait, and the moments activations were refused, counted per hour."""
         rows = []
         for asked, granted in waits:
             machine = self.random.choice(machines)
@@ -483,9 +489,19 @@ class Command(BaseCommand):
             ],
             rows,
         )
-        per_hour = Counter(moment.replace(minute=0, second=0, microsecond=0) for moment in refused)
+        waits_per_hour = Counter(
+            (_hour(granted), wait_resolution((granted - asked).total_seconds())) for asked, granted in waits
+        )
+        QueueWaitHour.objects.bulk_create(
+            [
+                QueueWaitHour(pool=pool, hour=hour, wait_seconds=seconds, waits=count)
+                for (hour, seconds), count in sorted(waits_per_hour.items())
+            ],
+            batch_size=BATCH,
+        )
+        refusals = Counter(_hour(moment) for moment in refused)
         QuotaRefusalHour.objects.bulk_create(
-            [QuotaRefusalHour(pool=pool, hour=hour, refusals=count) for hour, count in sorted(per_hour.items())]
+            [QuotaRefusalHour(pool=pool, hour=hour, refusals=count) for hour, count in sorted(refusals.items())]
         )
 
     def insert_history(self, pool, machines, spans):
