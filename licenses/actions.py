@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from organizations.audit import Action, record, record_each
 from organizations.models import MANAGER_ROLES, Membership, Organization, User
-from sessions_app.models import EndReason, EngineSession, Machine
+from sessions_app.models import EndReason, EngineSession, Machine, QueueTicket, TicketOutcome
 
 from . import signing
 from .errors import (
@@ -26,6 +26,7 @@ from .errors import (
     SeatQuotaExceeded,
     SessionNotFound,
     SessionQuotaExceeded,
+    TicketNotFound,
 )
 from .models import (
     DEFAULT_LEASE_SECONDS,
@@ -193,6 +194,16 @@ def _refuse_unless_manager(pool: LicensePool, actor: User | None) -> None:
         raise NotAllowed(f"Only owners and admins of {pool.organization} manage its licenses.")
 
 
+def _lock_pool_managed_by(actor: User | None, pool_id: int, organization: Organization, not_found) -> LicensePool:
+    """The pool of something a page names, locked, once it is known to be `organization`'s (else
+    `not_found`, so another organization's objects look like none) and `actor` manages it."""
+    pool = _lock_pool(pool_id)
+    if pool.organization_id != organization.pk:
+        raise not_found
+    _refuse_unless_manager(pool, actor)
+    return pool
+
+
 def _refuse_unless_in_force(pool: LicensePool) -> None:
     """`pool` comes from _lock_pool, with the database's clock."""
     if not pool.is_in_force(pool.db_now):
@@ -324,10 +335,9 @@ def withdraw_session(
 ) -> bool:
     """An admin ends one live session (reason `withdrawn`), freeing its license at once. Returns
     False when the session had already ended or lapsed."""
-    pool = _lock_pool(session.pool_id)
-    if pool.organization_id != organization.pk:
-        raise SessionNotFound("That session does not belong to this organization.")
-    _refuse_unless_manager(pool, actor)
+    pool = _lock_pool_managed_by(
+        actor, session.pool_id, organization, SessionNotFound("That session does not belong to this organization.")
+    )
     if not pool.sessions.live().filter(pk=session.pk).exists():
         return False
     EngineSession.objects.filter(pk=session.pk).end(EndReason.WITHDRAWN)
@@ -338,6 +348,31 @@ def withdraw_session(
         target=session,
         target_label=f"{session.public_id} on {session.machine.machine_id} ({pool.product})",
         after={"reason": EndReason.WITHDRAWN},
+        ip_address=ip_address,
+    )
+    return True
+
+
+@transaction.atomic
+def remove_ticket(
+    *, organization: Organization, ticket: QueueTicket, actor: User | None, ip_address: str | None = None
+) -> bool:
+    """An admin takes a waiting engine out of the pool's line (its next poll answers 404); the
+    tickets behind it move up at once. Under the pool's lock, so it cannot cross a poll that is
+    granting the ticket a license. Returns False when the ticket was no longer waiting."""
+    pool = _lock_pool_managed_by(
+        actor, ticket.pool_id, organization, TicketNotFound("That ticket is not in a line of this organization.")
+    )
+    if not QueueTicket.objects.filter(pk=ticket.pk).waiting().end(TicketOutcome.REMOVED):
+        return False
+    record(
+        organization=organization,
+        actor=actor,
+        action=Action.QUEUE_TICKET_REMOVED,
+        target=ticket,
+        target_label=f"{ticket.machine_id} of {ticket.user.email} ({pool.product})",
+        before={"status": "waiting", "joined_at": ticket.joined_at.isoformat()},
+        after={"status": "removed"},
         ip_address=ip_address,
     )
     return True

@@ -74,6 +74,13 @@ class SessionNotFound(LicenseRefusal):
     status = 404
 
 
+class TicketNotFound(LicenseRefusal):
+    """A queue ticket that is unknown, another request's, used up, removed or dropped."""
+
+    code = "ticket_not_found"
+    status = 404
+
+
 class SessionTerminated(LicenseRefusal):
     code = "session_terminated"
     status = 410

@@ -77,6 +77,13 @@ def pool_term_errors(*, quota, machine_quota, starts_at, expires_at, lease_secon
     return errors
 
 
+def count_in_pool(queryset):
+    """An annotation for a LicensePool query: how many rows of `queryset` belong to each pool, as a
+    subquery, so several counts of one pool come back in a single statement."""
+    per_pool = queryset.filter(pool=models.OuterRef("pk")).order_by().values("pool")
+    return Coalesce(models.Subquery(per_pool.annotate(n=models.Count("pk")).values("n")), 0)
+
+
 @dataclass(frozen=True)
 class PoolUsage:
     """A pool's figures, as the Licenses page shows them and the license actions check them. (The
@@ -189,17 +196,13 @@ class LicensePool(models.Model):
         """Counted now, against the database clock, in one query. Callers that enforce a limit lock
         the pool first."""
 
-        def count(queryset):
-            per_pool = queryset.filter(pool=models.OuterRef("pk")).order_by().values("pool")
-            return Coalesce(models.Subquery(per_pool.annotate(n=models.Count("pk")).values("n")), 0)
-
         counts = (
             LicensePool.objects.filter(pk=self.pk)
             .annotate(
-                n_live_sessions=count(self.sessions.model.objects.live()),
-                n_unexpired_offline=count(OfflineLicense.objects.unexpired()),
-                n_registered_machines=count(self.machines.model.objects.registered()),
-                n_licensed_users=count(LicensedUser.objects.active()),
+                n_live_sessions=count_in_pool(self.sessions.model.objects.live()),
+                n_unexpired_offline=count_in_pool(OfflineLicense.objects.unexpired()),
+                n_registered_machines=count_in_pool(self.machines.model.objects.registered()),
+                n_licensed_users=count_in_pool(LicensedUser.objects.active()),
             )
             .values("n_live_sessions", "n_unexpired_offline", "n_registered_machines", "n_licensed_users")
             .get()

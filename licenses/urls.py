@@ -13,6 +13,11 @@ urlpatterns = [
         name="licenses_end_session",
     ),
     path(
+        "o/<slug:org_id>/licenses/<slug:product>/line/<slug:ticket_id>/remove/",
+        views.remove_from_line,
+        name="licenses_remove_from_line",
+    ),
+    path(
         "o/<slug:org_id>/licenses/<slug:product>/machines/<int:machine_pk>/deactivate/",
         views.deactivate,
         name="licenses_deactivate_machine",

@@ -18,6 +18,7 @@ from organizations.permissions import org_member_required
 from sessions_app.actions import release_session
 from sessions_app.models import EngineSession, Machine
 
+from .demand import demand_by_bar
 from .errors import LicenseRefusal
 from .models import LicensedUser, LicensePool, Product
 from .usage import LIVE, Chart, UsageSummary, format_duration, history, usage_in_period
@@ -78,6 +79,35 @@ def _filtered_history(request, pool, filters, now):
     return sessions if request.membership.can_manage else sessions.filter(user=request.user)
 
 
+def _wait_text(wait):
+    return format_duration(wait) if wait is not None else "—"
+
+
+def _demand_context(pool, period, buckets):
+    """Refusals and waits (licenses/demand.py) for the RE pool's page: the period's figures, and the
+    bars that had any, beside their peaks. KSE never refuses for the session quota nor queues."""
+    if pool.product != Product.RE:
+        return {}
+    bars, overall = demand_by_bar(pool=pool, period=period)
+    return {
+        "demand": overall,
+        "demand_median": _wait_text(overall.median_wait),
+        "demand_p95": _wait_text(overall.p95_wait),
+        "demand_rows": [
+            {
+                "start": bucket.start,
+                "peak": bucket.peak,
+                "refused": bar.refused,
+                "waits": bar.waits,
+                "median": _wait_text(bar.median_wait),
+                "p95": _wait_text(bar.p95_wait),
+            }
+            for bucket, bar in zip(buckets, bars, strict=True)
+            if bar.refused or bar.waits
+        ],
+    }
+
+
 @require_GET
 @org_member_required
 def usage(request):
@@ -95,6 +125,7 @@ def usage(request):
             subscription_start=pool.starts_at,
             subscription_end=pool.expires_at,
         )
+        context.update(_demand_context(pool, period, used.buckets))
         sessions = _filtered_history(request, pool, filters, now).select_related("user", "machine")
         # Counting a million sessions would take longer than the rest of the page: the whole
         # history's count comes with the peaks, and a filtered one is counted only so far.

@@ -25,7 +25,7 @@ from .models import LicensedUser, LicensePool, OfflineLicense, Product
 
 TEMPLATE = "licenses/product.html"
 PAGE_SIZE = 25
-PAGE_PARAMS = ("seats_page", "sessions_page", "machines_page", "offline_page")
+PAGE_PARAMS = ("seats_page", "sessions_page", "line_page", "machines_page", "offline_page")
 
 
 @org_member_required
@@ -114,6 +114,26 @@ def end_session(request, product, session_id):
         messages.success(request, notice)
         return redirect("licenses_product", request.organization.public_id, pool.product)
     return _respond(request, pool, "sessions", oob=("subscription", "machines"), extra={"sessions_notice": notice})
+
+
+@require_POST
+@org_manager_required
+def remove_from_line(request, product, ticket_id):
+    """Take a waiting engine out of the RE pool's line; the ones behind it move up."""
+    pool = _pool_or_404(request, product)
+    ticket = get_object_or_404(pool.queue_tickets.select_related("user"), public_id=ticket_id)
+    removed = actions.remove_ticket(
+        organization=request.organization, ticket=ticket, actor=request.user, ip_address=client_ip(request)
+    )
+    who = f"{ticket.machine_id} of {ticket.user.display_name}"
+    if removed:
+        notice = f"Took {who} out of the line; its next request is told so, and the engines behind it moved up."
+    else:
+        notice = f"{who} was no longer waiting."
+    if not request.htmx:
+        messages.success(request, notice)
+        return redirect("licenses_product", request.organization.public_id, pool.product)
+    return _respond(request, pool, "line", extra={"line_notice": notice})
 
 
 @require_POST
@@ -237,7 +257,11 @@ def _context(request, pool, *, sections=None, extra=None):
         context["my_sessions"] = list(
             pool.sessions.live().filter(user=request.user).select_related("machine").order_by("-started_at")[:50]
         )
+        if pool.product == Product.RE:
+            context["my_line"] = list(pool.queue_tickets.in_line().filter(user=request.user)[:50])
         return context | (extra or {})
+    if pool.product == Product.RE and (everything or "line" in wanted):
+        context["line"] = _paginate(pool.queue_tickets.in_line().select_related("user"), params, "line_page")
     if pool.product == Product.KSE and (everything or "licensed_users" in wanted):
         seats = pool.licensed_users.active().select_related("user", "granted_by").order_by("user__name", "user__email")
         context["seats"] = _paginate(seats, params, "seats_page")

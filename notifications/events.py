@@ -145,6 +145,8 @@ def _quota_reached(audit):
             "message": after.get("message", ""),
             "figures": after.get("details", {}),
             "refused": refused,
+            # The engine was not refused but put in the pool's line (sessions_app/queue.py).
+            "queued": bool(after.get("queued")),
         },
         dedupe_key,
     )
@@ -239,6 +241,7 @@ def _api_key(event_type):
 
 AUDITED = {
     Action.ACTIVATION_REFUSED: _quota_reached,
+    Action.ACTIVATION_QUEUED: _quota_reached,
     Action.LICENSE_GRANT_REFUSED: _quota_reached,
     Action.LICENSE_GRANTED: _seat(EventType.SEAT_GRANTED),
     Action.LICENSE_REVOKED: _seat(EventType.SEAT_REVOKED),

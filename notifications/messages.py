@@ -66,12 +66,15 @@ def describe(event):
                 if key != "quota"  # shown with the pool's terms above
             ]
             refused = data.get("refused", {})
+            # An engine that asked to wait was put in line rather than refused (sessions_app/queue.py).
+            queued = data.get("queued")
             if refused.get("machine_id"):
-                figures.append(("Refused machine", refused["machine_id"]))
+                figures.append(("Waiting machine" if queued else "Refused machine", refused["machine_id"]))
             if refused.get("user"):
-                figures.append(("Refused for", refused["user"]))
+                figures.append(("Waiting for" if queued else "Refused for", refused["user"]))
+            outcome = "an engine waits in line" if queued else "a request was refused"
             return Description(
-                f"{org}: {_product(data)} {limit} are used up; a request was refused",
+                f"{org}: {_product(data)} {limit} are used up; {outcome}",
                 [("What happened", data.get("message", "")), *figures],
                 "Free a license or deactivate a machine, or buy more",
                 licenses_url,

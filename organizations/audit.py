@@ -31,10 +31,12 @@ class Action:
     LICENSE_REVOKED = "license.revoked"
     SESSION_ENDED = "session.ended"
     MACHINE_DEACTIVATED = "machine.deactivated"
+    QUEUE_TICKET_REMOVED = "queue_ticket.removed"
     OFFLINE_LICENSE_CREATED = "offline_license.created"
     API_KEY_CREATED = "api_key.created"
     API_KEY_REVOKED = "api_key.revoked"
     ACTIVATION_REFUSED = "activation.refused"
+    ACTIVATION_QUEUED = "activation.queued"
     LICENSE_GRANT_REFUSED = "license.grant_refused"
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_CHANGED = "webhook.changed"
@@ -55,10 +57,12 @@ class Action:
         LICENSE_REVOKED: "Withdrew a license",
         SESSION_ENDED: "Ended a session",
         MACHINE_DEACTIVATED: "Deactivated a machine",
+        QUEUE_TICKET_REMOVED: "Removed an engine from the line",
         OFFLINE_LICENSE_CREATED: "Created an offline license",
         API_KEY_CREATED: "Created an API key",
         API_KEY_REVOKED: "Revoked an API key",
         ACTIVATION_REFUSED: "Activation refused",
+        ACTIVATION_QUEUED: "Activation waiting in line",
         LICENSE_GRANT_REFUSED: "License grant refused",
         WEBHOOK_CREATED: "Added a webhook endpoint",
         WEBHOOK_CHANGED: "Changed a webhook endpoint",

@@ -21,6 +21,7 @@ from licenses.models import LicensePool, Product
 from organizations.audit import Action, record
 from organizations.models import Membership, Organization
 
+from . import queue as queue_rules
 from .models import (
     MACHINE_SEEN_RESOLUTION,
     ApiKey,
@@ -28,6 +29,8 @@ from .models import (
     EngineSession,
     IdempotencyRecord,
     Machine,
+    QueueTicket,
+    TicketOutcome,
     hash_api_key,
 )
 
@@ -101,17 +104,34 @@ def _choose_pool(*, api_key, user, product, org_id):
     raise errors.NoLicensePool(f"None of your organizations has {Product(product).label} licenses.")
 
 
-def _session_quota_message(pool, live, offline):
-    product = Product(pool.product).label
-    offline_note = f" ({live} online sessions and {offline} offline licenses)" if offline else ""
-    return (
-        f"License quota exceeded: {live + offline} of {pool.quota} {product} licenses are in use "
-        f"in {pool.organization.name}{offline_note}. Release a session or ask an admin for more licenses."
-    )
+@dataclass(frozen=True)
+class _Engine:
+    """Who asks for a license and on which machine: what a session (or a ticket) is made of."""
+
+    user: object
+    machine_id: str
+    hostname: str
+    engine_version: str
+    ephemeral: bool
 
 
 def _activate_locked(
-    *, api_key, user, product, machine_id, org_id, hostname, engine_version, release_previous, ephemeral, on_granted
+    *,
+    api_key,
+    user,
+    product,
+    machine_id,
+    org_id,
+    hostname,
+    engine_version,
+    release_previous,
+    ephemeral,
+    queue,
+    ticket,
+    max_wait_seconds,
+    ip_address,
+    on_granted,
+    on_queued,
 ):
     chosen = _choose_pool(api_key=api_key, user=user, product=product, org_id=org_id)
     previous = None
@@ -122,99 +142,169 @@ def _activate_locked(
         if api_key is not None and api_key.organization_id is not None:
             # A key restricted to one organization acts in no other, here as in heartbeat and release.
             previous = previous.filter(pool__organization_id=api_key.organization_id)
+    engine = _Engine(user, machine_id, hostname, engine_version, ephemeral)
     with transaction.atomic():
         pool, locked_pool_ids = _lock_pools(chosen.pk, ending=previous)
-        now = pool.db_now
-        # Membership was read before the lock; removing a member may have committed since.
-        if not Membership.objects.active().filter(user=user, organization_id=pool.organization_id).exists():
-            raise errors.OrganizationNotFound("This API key's user is not a member of that organization.")
-        if not pool.is_in_force(now):
-            state = "has not started yet" if now < pool.starts_at else "has ended"
-            raise errors.LicenseExpired(
-                f"The {Product(pool.product).label} subscription of {pool.organization.name} {state} "
-                f"(runs {pool.starts_at:%Y-%m-%d} to {pool.expires_at:%Y-%m-%d}).",
-                details={"starts_at": iso(pool.starts_at), "expires_at": iso(pool.expires_at)},
-            )
-        if product == Product.KSE and not pool.licensed_users.active().filter(user=user).exists():
-            raise errors.NotLicensed(
-                f"You are not a licensed user of {pool.organization.name}'s Katalon Studio Enterprise licenses. "
-                "Ask an owner or admin to grant you one."
-            )
-        if not pool.allows_machine(machine_id):
-            raise errors.MachineNotAllowed(
-                f"Machine {machine_id} is not on the machine allow-list of {pool.organization.name}'s "
-                f"{Product(pool.product).label} licenses."
-            )
-
+        _refuse_unless_may_activate(pool, user=user, product=product, machine_id=machine_id)
         if previous is not None:
             # Only in pools this transaction holds; a session another pool gained since the lock
             # statement read them is as if it came after this activation.
             previous.filter(pool_id__in=locked_pool_ids).end(EndReason.RELEASED)
-
         if product == Product.KSE:
-            machine = pool.machines.registered().filter(machine_id=machine_id).first()
-            _end_earlier_kse_session(pool, user, machine)
-            # The KSE quota counts licensed users (and offline licenses), never sessions: granting
-            # keeps those within it, so a licensed user is never refused here for quota.
-            licenses_used = pool.licensed_users.active().count() + pool.offline_licenses.unexpired().count()
-        else:
-            live = pool.sessions.live().count()
-            offline = pool.offline_licenses.unexpired().count()
-            if live + offline >= pool.quota:
-                raise errors.SessionQuotaExceeded(
-                    _session_quota_message(pool, live, offline),
-                    details={"quota": pool.quota, "live_sessions": live, "offline_licenses": offline},
-                )
-            licenses_used = live + offline + 1
-            machine = pool.machines.registered().filter(machine_id=machine_id).first()
+            return _activate_kse(pool, engine, ticket=ticket, on_granted=on_granted)
+        return _activate_re(
+            pool,
+            engine,
+            queue=queue,
+            ticket=ticket,
+            max_wait_seconds=max_wait_seconds,
+            ip_address=ip_address,
+            on_granted=on_granted,
+            on_queued=on_queued,
+        )
 
-        if machine is None:
-            # Lapsed leases end first, moving their machines' last_seen_at to now: a machine whose
-            # engine heartbeated a minute ago is never taken for idle, and a killed ephemeral
-            # container's machine is as gone as one that released, before expire_sessions runs.
-            pool.sessions.lapsed().end(EndReason.EXPIRED)
-            Machine.objects.idle_for_pool(pool).deactivate("idle")
-            registered = pool.machines.registered().count()
-            if registered >= pool.machine_quota:
-                raise errors.MachineQuotaExceeded(
-                    f"Machine quota exceeded: {registered} of {pool.machine_quota} machines are registered with "
-                    f"{pool.organization.name}'s {Product(pool.product).label} licenses, and {machine_id} is not "
-                    "one of them. Ask an admin to deactivate a machine.",
-                    details={"machine_quota": pool.machine_quota, "registered_machines": registered},
-                )
-            machine = Machine.objects.create(
-                pool=pool,
-                machine_id=machine_id,
-                hostname=hostname,
-                user=user,
-                ephemeral=ephemeral,
-                registered_at=now,
-                last_seen_at=now,
-            )
-            registered += 1
-        else:
-            Machine.objects.filter(pk=machine.pk).update(
-                hostname=hostname or machine.hostname, user=user, ephemeral=ephemeral, last_seen_at=now
-            )
-            machine.ephemeral = ephemeral
-            registered = pool.machines.registered().count()
 
-        session = EngineSession.objects.create(
+def _refuse_unless_may_activate(pool, *, user, product, machine_id):
+    now = pool.db_now
+    # Membership was read before the lock; removing a member may have committed since.
+    if not Membership.objects.active().filter(user=user, organization_id=pool.organization_id).exists():
+        raise errors.OrganizationNotFound("This API key's user is not a member of that organization.")
+    if not pool.is_in_force(now):
+        state = "has not started yet" if now < pool.starts_at else "has ended"
+        raise errors.LicenseExpired(
+            f"The {Product(pool.product).label} subscription of {pool.organization.name} {state} "
+            f"(runs {pool.starts_at:%Y-%m-%d} to {pool.expires_at:%Y-%m-%d}).",
+            details={"starts_at": iso(pool.starts_at), "expires_at": iso(pool.expires_at)},
+        )
+    if product == Product.KSE and not pool.licensed_users.active().filter(user=user).exists():
+        raise errors.NotLicensed(
+            f"You are not a licensed user of {pool.organization.name}'s Katalon Studio Enterprise licenses. "
+            "Ask an owner or admin to grant you one."
+        )
+    if not pool.allows_machine(machine_id):
+        raise errors.MachineNotAllowed(
+            f"Machine {machine_id} is not on the machine allow-list of {pool.organization.name}'s "
+            f"{Product(pool.product).label} licenses."
+        )
+
+
+def _activate_kse(pool, engine, *, ticket, on_granted):
+    # KSE never queues (a licensed user is never refused for quota): `queue` is ignored, and no KSE
+    # ticket exists to poll.
+    if ticket is not None:
+        raise errors.TicketNotFound(
+            f"Ticket {ticket} is not waiting in any line: Katalon Studio Enterprise licenses are never queued.",
+            details={"ticket": ticket},
+        )
+    machine = pool.machines.registered().filter(machine_id=engine.machine_id).first()
+    _end_earlier_kse_session(pool, engine.user, machine)
+    # The KSE quota counts licensed users (and offline licenses), never sessions: granting keeps
+    # those within it, so a licensed user is never refused here for quota.
+    licenses_used = pool.licensed_users.active().count() + pool.offline_licenses.unexpired().count()
+    registered = _refuse_unless_machine_slot(pool, engine.machine_id) if machine is None else None
+    activation = _grant(pool, engine, machine=machine, registered=registered, licenses_used=licenses_used)
+    if on_granted is not None:
+        on_granted(activation)
+    return activation
+
+
+def _activate_re(pool, engine, *, queue, ticket, max_wait_seconds, ip_address, on_granted, on_queued):
+    """RE: the session quota, and the line (queue.py) when engines wait or this one asks to."""
+    counts = queue_rules.count_pool(pool)
+    waiting_ticket = None
+    if ticket is not None:
+        waiting_ticket = queue_rules.ticket_for_poll(
+            pool, user=engine.user, machine_id=engine.machine_id, ticket_id=ticket, now=counts.now
+        )
+        if waiting_ticket.expires_at <= counts.now:
+            raise queue_rules.wait_over(pool, waiting_ticket, counts)
+    may_take = queue_rules.may_take_license(counts, waiting_ticket)
+    if not may_take and not (queue or waiting_ticket is not None):
+        raise queue_rules.newcomer_refusal(pool, counts)
+    # A request that would wait checks the machine quota before the session quota (the contract):
+    # nobody waits in line for a license they could not take when their turn came.
+    machine = pool.machines.registered().filter(machine_id=engine.machine_id).first()
+    registered = _refuse_unless_machine_slot(pool, engine.machine_id) if machine is None else None
+    if not may_take:
+        if waiting_ticket is not None:
+            queued = queue_rules.keep_waiting(pool, counts, waiting_ticket, hostname=engine.hostname)
+        else:
+            queued = queue_rules.join(
+                pool,
+                counts,
+                user=engine.user,
+                machine_id=engine.machine_id,
+                hostname=engine.hostname,
+                max_wait_seconds=max_wait_seconds,
+                ip_address=ip_address,
+            )
+        if on_queued is not None:
+            on_queued(queued)
+        return queued
+    activation = _grant(
+        pool, engine, machine=machine, registered=registered, licenses_used=counts.live + counts.offline + 1
+    )
+    if waiting_ticket is not None:
+        queue_rules.granted(waiting_ticket, activation.session, counts.now)
+    if on_granted is not None:
+        on_granted(activation)
+    return activation
+
+
+def _refuse_unless_machine_slot(pool, machine_id):
+    """For a machine not registered with the pool: refuse if the machine quota is full, else return
+    how many machines are registered."""
+    # Lapsed leases end first, moving their machines' last_seen_at to now: a machine whose engine
+    # heartbeated a minute ago is never taken for idle, and a killed ephemeral container's machine is
+    # as gone as one that released, before expire_sessions runs.
+    pool.sessions.lapsed().end(EndReason.EXPIRED)
+    Machine.objects.idle_for_pool(pool).deactivate("idle")
+    registered = pool.machines.registered().count()
+    if registered >= pool.machine_quota:
+        raise errors.MachineQuotaExceeded(
+            f"Machine quota exceeded: {registered} of {pool.machine_quota} machines are registered with "
+            f"{pool.organization.name}'s {Product(pool.product).label} licenses, and {machine_id} is not "
+            "one of them. Ask an admin to deactivate a machine.",
+            details={"machine_quota": pool.machine_quota, "registered_machines": registered},
+        )
+    return registered
+
+
+def _grant(pool, engine, *, machine, registered, licenses_used):
+    """The engine's session, on its machine: registered now if `machine` is None (`registered` then
+    counts the pool's machines before it)."""
+    now = pool.db_now
+    if machine is None:
+        machine = Machine.objects.create(
             pool=pool,
-            machine=machine,
-            user=user,
-            hostname=hostname,
-            engine_version=engine_version,
-            started_at=now,
-            last_heartbeat_at=now,
-            lease_expires_at=now + timedelta(seconds=pool.lease_seconds),
+            machine_id=engine.machine_id,
+            hostname=engine.hostname,
+            user=engine.user,
+            ephemeral=engine.ephemeral,
+            registered_at=now,
+            last_seen_at=now,
         )
-        activation = Activation(
-            session=session, pool=pool, machine=machine, licenses_used=licenses_used, machines_used=registered
+        registered += 1
+    else:
+        Machine.objects.filter(pk=machine.pk).update(
+            hostname=engine.hostname or machine.hostname, user=engine.user, ephemeral=engine.ephemeral, last_seen_at=now
         )
-        if on_granted is not None:
-            on_granted(activation)
-        return activation
+        machine.ephemeral = engine.ephemeral
+        registered = pool.machines.registered().count()
+
+    session = EngineSession.objects.create(
+        pool=pool,
+        machine=machine,
+        user=engine.user,
+        hostname=engine.hostname,
+        engine_version=engine.engine_version,
+        started_at=now,
+        last_heartbeat_at=now,
+        lease_expires_at=now + timedelta(seconds=pool.lease_seconds),
+    )
+    return Activation(
+        session=session, pool=pool, machine=machine, licenses_used=licenses_used, machines_used=registered
+    )
 
 
 def _end_earlier_kse_session(pool, user, machine):
@@ -237,13 +327,22 @@ def activate(
     engine_version: str = "",
     release_previous: bool = False,
     ephemeral: bool = False,
+    queue: bool = False,
+    ticket: str | None = None,
+    max_wait_seconds: int = queue_rules.DEFAULT_MAX_WAIT_SECONDS,
     ip_address: str | None = None,
     on_granted: Callable[[Activation], None] | None = None,
-) -> Activation:
+    on_queued: Callable[[queue_rules.Queued], None] | None = None,
+) -> Activation | queue_rules.Queued:
     """Take one online license for one engine process, or raise the LicenseRefusal that says why not.
 
-    `on_granted` runs inside the activation's transaction, so whatever it writes (the stored answer
-    to an Idempotency-Key) commits or rolls back together with the session.
+    RE only: with `queue`, a request that only the session quota stands in the way of waits in the
+    pool's line and gets a Queued (the 202); polling with its `ticket` is the same call again
+    (queue.py has the rules).
+
+    `on_granted` and `on_queued` run inside the activation's transaction, so whatever they write
+    (the stored answer to an Idempotency-Key) commits or rolls back together with the session or
+    ticket.
     """
     try:
         return _activate_locked(
@@ -256,7 +355,12 @@ def activate(
             engine_version=engine_version,
             release_previous=release_previous,
             ephemeral=ephemeral,
+            queue=queue,
+            ticket=ticket,
+            max_wait_seconds=max_wait_seconds,
+            ip_address=ip_address,
             on_granted=on_granted,
+            on_queued=on_queued,
         )
     except errors.LicenseRefusal as refusal:
         # The activation's transaction has rolled back; the refusal is still worth knowing about.
@@ -274,6 +378,7 @@ def activate(
 
 @transaction.atomic
 def _record_refusal(refusal, *, api_key, user, product, machine_id, org_id, ip_address):
+    queue_rules.note_refusal(refusal)
     organizations = Organization.objects.for_user(user)
     if api_key is not None and api_key.organization_id is not None:
         # The key works in that organization only, so the refusal can only concern it.
@@ -413,9 +518,10 @@ def release_session(
 
 def end_what_a_removed_member_holds(sender, *, organization: Organization, user, now, **kwargs) -> dict:
     """organizations.signals.member_removed: the person's sessions in that organization end (reason
-    `member_removed`), the machines they activated last are deactivated, and their keys restricted
-    to it are revoked. Under the organization's pool locks, taken in id order like every
-    activation's, so no session can start for them meanwhile (whichever receiver runs first)."""
+    `member_removed`), the machines they activated last are deactivated, their keys restricted to it
+    are revoked and their places in its lines are given up. Under the organization's pool locks,
+    taken in id order like every activation's, so no session can start for them meanwhile (whichever
+    receiver runs first)."""
     LicensePool.objects.for_org(organization).lock_in_order()
     sessions = EngineSession.objects.filter(pool__organization=organization, user=user).end(EndReason.MEMBER_REMOVED)
     # A machine somebody else is running a session on right now stays: their license must not
@@ -426,7 +532,13 @@ def end_what_a_removed_member_holds(sender, *, organization: Organization, user,
         .deactivate(EndReason.MEMBER_REMOVED)
     )
     keys = ApiKey.objects.filter(organization=organization, user=user, revoked_at__isnull=True).update(revoked_at=now)
-    return {"sessions_ended": sessions, "machines_deactivated": machines, "api_keys_revoked": keys}
+    tickets = QueueTicket.objects.filter(pool__organization=organization, user=user).end(TicketOutcome.MEMBER_REMOVED)
+    return {
+        "sessions_ended": sessions,
+        "machines_deactivated": machines,
+        "api_keys_revoked": keys,
+        "queue_tickets_removed": tickets,
+    }
 
 
 @dataclass(frozen=True)
@@ -434,6 +546,7 @@ class Housekeeping:
     sessions_expired: int
     machines_deregistered: int
     idempotency_records_deleted: int
+    queue_tickets_lapsed: int
 
 
 @transaction.atomic
@@ -546,10 +659,13 @@ def _expire_lapsed_sessions() -> int:
 
 
 def expire_sessions() -> Housekeeping:
-    """End lapsed leases (reason expired), deregister machines past their pool's idle limit and drop
-    stale bookkeeping. Every step is an UPDATE or DELETE conditional on the row still needing it, so
-    any number of hosts may run this at once: the second one to reach a row finds nothing to do."""
+    """End lapsed leases (reason expired), deregister machines past their pool's idle limit, mark queue
+    tickets whose engines stopped polling, and drop stale bookkeeping. Every step is an UPDATE or
+    DELETE conditional on the row still needing it, so any number of hosts may run this at once: the
+    second one to reach a row finds nothing to do."""
     expired = _expire_lapsed_sessions()
+
+    lapsed_tickets = QueueTicket.objects.end_lapsed()
 
     deregistered = 0
     for pool_id in (
@@ -562,6 +678,7 @@ def expire_sessions() -> Housekeeping:
         sessions_expired=expired,
         machines_deregistered=deregistered,
         idempotency_records_deleted=idempotency_deleted,
+        queue_tickets_lapsed=lapsed_tickets,
     )
 
 

@@ -5,7 +5,7 @@ from licenses.errors import LicenseRefusal
 from organizations.audit import client_ip
 
 from . import actions
-from .models import ApiKey, EngineSession, Machine
+from .models import ApiKey, EngineSession, Machine, QueueTicket
 
 
 @admin.register(Machine)
@@ -62,6 +62,37 @@ class EngineSessionAdmin(admin.ModelAdmin):
         # A deleted session frees its license without an end, a reason or an audit event; the
         # Licenses page ends sessions.
         return False
+
+
+@admin.register(QueueTicket)
+class QueueTicketAdmin(admin.ModelAdmin):
+    """Read-only: tickets are written by the engine API; taking one out of the line is audited."""
+
+    list_display = ["public_id", "pool", "user", "machine_id", "joined_at", "poll_before", "ended_at", "outcome"]
+    list_filter = ["outcome"]
+    search_fields = ["public_id", "machine_id", "hostname", "user__email"]
+    list_select_related = ["pool__organization", "user"]
+    date_hierarchy = "joined_at"
+    actions = ["remove_from_line"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        # The usage page's waits are the granted tickets; a waiting one is removed with the action.
+        return False
+
+    @admin.action(description="Take the selected engines out of the line")
+    def remove_from_line(self, request, queryset):
+        removed = 0
+        for ticket in queryset.select_related("pool__organization", "user"):
+            removed += license_actions.remove_ticket(
+                organization=ticket.pool.organization, ticket=ticket, actor=request.user, ip_address=client_ip(request)
+            )
+        self.message_user(request, f"Took {removed} engine(s) out of the line.", messages.SUCCESS)
 
 
 @admin.register(ApiKey)

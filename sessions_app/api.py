@@ -23,6 +23,7 @@ from licenses.models import LicensePool
 from organizations.audit import client_ip
 
 from . import actions, ratelimit
+from . import queue as queue_rules
 from .actions import iso
 from .models import API_KEY_PREFIX, ApiKey, hash_api_key
 from .openapi import openapi_document
@@ -35,6 +36,7 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 BEARER = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
 RAW_KEY = re.compile(re.escape(API_KEY_PREFIX) + r"[A-Za-z0-9_\-]{20,100}")
 SESSION_ID = re.compile(r"s_[A-Za-z0-9_\-]{1,38}")
+TICKET_ID = re.compile(r"q_[A-Za-z0-9_\-]{1,38}")
 MACHINE_ID = re.compile(r"[A-Za-z0-9._:\-]+")
 ORG_ID = re.compile(r"[A-Za-z0-9._\-]+")
 # Free text still excludes control characters and lone surrogates: PostgreSQL refuses NUL, UTF-8
@@ -237,6 +239,29 @@ def _boolean(body, name, problems):
     return value
 
 
+def _ticket(body, problems):
+    value = body.get("ticket")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not TICKET_ID.fullmatch(value):
+        problems["ticket"] = ["Must be a ticket id from a 202 answer: q_ followed by 1 to 38 of A-Z a-z 0-9 _ -."]
+        return None
+    return value
+
+
+def _max_wait_seconds(body, problems):
+    value = body.get("max_wait_seconds")
+    if value is None:
+        return queue_rules.DEFAULT_MAX_WAIT_SECONDS
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems["max_wait_seconds"] = ["Must be a whole number of seconds (a JSON integer)."]
+    elif not 1 <= value <= queue_rules.MAX_WAIT_SECONDS:
+        problems["max_wait_seconds"] = [f"Must be from 1 to {queue_rules.MAX_WAIT_SECONDS:,} seconds."]
+    else:
+        return value
+    return queue_rules.DEFAULT_MAX_WAIT_SECONDS
+
+
 def _activation_request(body):
     problems = {}
     fields = {
@@ -255,6 +280,9 @@ def _activation_request(body):
         "engine_version": _string(body, "engine_version", problems, max_length=64),
         "release_previous": _boolean(body, "release_previous", problems),
         "ephemeral": _boolean(body, "ephemeral", problems),
+        "queue": _boolean(body, "queue", problems),
+        "ticket": _ticket(body, problems),
+        "max_wait_seconds": _max_wait_seconds(body, problems),
     }
     return fields, problems
 
@@ -290,6 +318,35 @@ def activation_body(activation):
     }
 
 
+def queued_body(queued):
+    ticket = queued.ticket
+    return {
+        "queued": {
+            "ticket": ticket.public_id,
+            "position": queued.position,
+            "waiting": queued.waiting,
+            "retry_after_seconds": queued.retry_after_seconds,
+            "poll_before": iso(ticket.poll_before),
+            "expires_at": iso(ticket.expires_at),
+        }
+    }
+
+
+def _answer(result):
+    """The status and body answering an activation: 201 with the license, or 202 while it waits."""
+    if isinstance(result, queue_rules.Queued):
+        return 202, queued_body(result)
+    return 201, activation_body(result)
+
+
+def _activation_response(status, body):
+    """The answer, fresh or replayed for an Idempotency-Key: a 202 says when to poll in Retry-After too."""
+    response = JsonResponse(body, status=status)
+    if status == 202:
+        response["Retry-After"] = str(body["queued"]["retry_after_seconds"])
+    return response
+
+
 @endpoint("POST")
 def activate(request):
     body = _json_body(request)
@@ -299,29 +356,31 @@ def activate(request):
         raise invalid_request(problems)
     api_key = request.api_key
 
-    def grant(on_granted=None):
+    def decide(on_answer=None):
         return actions.activate(
             api_key=api_key,
             user=api_key.user,
             ip_address=client_ip(request),
-            on_granted=on_granted,
+            on_granted=on_answer,
+            on_queued=on_answer,
             **fields,
         )
 
     if idempotency_key is None:
-        return JsonResponse(activation_body(grant()), status=201)
+        return _activation_response(*_answer(decide()))
 
     claim = actions.claim_idempotency_key(
         api_key=api_key, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
     )
     if claim.replay:
-        return JsonResponse(claim.record.response_body, status=claim.record.status_code)
+        return _activation_response(claim.record.status_code, claim.record.response_body)
+
+    def store(result):
+        status, answer = _answer(result)
+        actions.complete_idempotency_claim(record=claim.record, status_code=status, body=answer)
+
     try:
-        activation = grant(
-            on_granted=lambda activation: actions.complete_idempotency_claim(
-                record=claim.record, status_code=201, body=activation_body(activation)
-            )
-        )
+        result = decide(on_answer=store)
     except errors.LicenseRefusal as refusal:
         # The contract: a retry returns the first response, a refusal included. An engine that wants
         # a fresh decision (after a license frees up) sends a new key.
@@ -336,7 +395,7 @@ def activate(request):
         # the key is in use. With the database gone this fails too, and the claim times out.
         actions.abandon_idempotency_claim(record=claim.record)
         raise
-    return JsonResponse(activation_body(activation), status=201)
+    return _activation_response(*_answer(result))
 
 
 def _session_or_404(session_id):

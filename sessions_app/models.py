@@ -5,8 +5,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
-from django.db.models.functions import Now
+from django.db.models import Case, Count, Exists, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce, Least, Now
 from django.utils import timezone
 
 from licenses.models import LicensePool
@@ -202,6 +202,155 @@ class EngineSession(models.Model):
     def termination_reason(self):
         """Why a session that no longer holds a license ended (lapsed leases count as expired)."""
         return self.end_reason or EndReason.EXPIRED
+
+
+def generate_ticket_id():
+    return "q_" + secrets.token_urlsafe(18)
+
+
+class TicketOutcome(models.TextChoices):
+    GRANTED = "granted", "Granted a license"
+    EXPIRED = "expired", "Waited its longest"
+    DROPPED = "dropped", "Stopped polling"
+    REMOVED = "removed", "Removed by an admin"
+    MEMBER_REMOVED = "member_removed", "Member removed"
+
+
+class QueueTicketQuerySet(models.QuerySet):
+    def waiting(self, now=None):
+        """Tickets still in line: not ended, polled in time and not past their longest wait, by the
+        database's clock (or `now`, a time read from it). A ticket whose holder stopped polling leaves
+        the line the moment its poll_before passes, before any cleanup marks it, and a license set
+        aside for it is free again."""
+        now = now or Now()
+        return self.filter(ended_at__isnull=True, poll_before__gt=now, expires_at__gt=now)
+
+    def with_position(self, now=None):
+        """Each ticket's place in its pool's line as `position`: 1 + the tickets waiting ahead of it
+        (by the database's clock, or `now`), whatever else filters this query."""
+        ahead = (
+            QueueTicket.objects.waiting(now)
+            .filter(pool_id=OuterRef("pool_id"), id__lt=OuterRef("id"))
+            .order_by()
+            .values("pool_id")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return self.annotate(position=Coalesce(Subquery(ahead), 0) + 1)
+
+    def in_line(self):
+        """The waiting tickets in line order, with their positions."""
+        return self.waiting().with_position().order_by("id")
+
+    def lapsed(self):
+        """Not ended, but not polled by poll_before: dropped, waiting to be marked."""
+        return self.filter(ended_at__isnull=True, poll_before__lte=Now())
+
+    def end(self, outcome):
+        """End these tickets now, if still open. Returns how many ended."""
+        return self.filter(ended_at__isnull=True).update(ended_at=Now(), outcome=outcome)
+
+    def end_lapsed(self):
+        """Mark the tickets that left the line by themselves: at their poll_before (dropped), or at
+        their expires_at when that came first and no poll followed (expired). Only a mark for the
+        pages: the line already ignores them. Returns how many were marked."""
+        return self.lapsed().update(
+            ended_at=Least(models.F("poll_before"), models.F("expires_at")),
+            outcome=Case(
+                When(expires_at__lte=models.F("poll_before"), then=Value(TicketOutcome.EXPIRED)),
+                default=Value(TicketOutcome.DROPPED),
+            ),
+        )
+
+
+class QueueTicket(models.Model):
+    """An RE activation waiting in its pool's line for a license (contract: "Waiting for a license").
+
+    The line is first come, first served by id: tickets are created under the pool's lock, so ids
+    follow the order in which engines asked. Ended tickets are kept for the record; the usage page
+    reads waits from QueueWaitHour."""
+
+    public_id = models.CharField(max_length=40, unique=True, default=generate_ticket_id, editable=False)
+    pool = models.ForeignKey(LicensePool, on_delete=models.CASCADE, related_name="queue_tickets")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="queue_tickets")
+    machine_id = models.CharField(max_length=128)
+    hostname = models.CharField(max_length=255, blank=True)
+    joined_at = models.DateTimeField()
+    last_polled_at = models.DateTimeField()
+    poll_before = models.DateTimeField(help_text="Dropped from the line unless polled before this.")
+    expires_at = models.DateTimeField(help_text="Joining time plus the longest wait asked for.")
+    ended_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=32, choices=TicketOutcome.choices, blank=True)
+    session = models.OneToOneField(
+        EngineSession, on_delete=models.SET_NULL, null=True, blank=True, related_name="queue_ticket"
+    )
+
+    objects = QueueTicketQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True, outcome="") | Q(ended_at__isnull=False) & ~Q(outcome=""),
+                name="ticket_end_has_outcome",
+            ),
+        ]
+        indexes = [
+            # Every activation counts the pool's waiting tickets: only open ones are indexed, so the
+            # index stays as small as the line however long the history grows.
+            models.Index(
+                fields=["pool", "poll_before"], condition=Q(ended_at__isnull=True), name="ticket_open_by_pool"
+            ),
+        ]
+
+    def __str__(self):
+        return self.public_id
+
+
+class QuotaRefusalHour(models.Model):
+    """How many activations of a pool were refused for its session quota in one UTC hour: the
+    usage page's "refused" figure. A counter per hour, not a row per refusal, so the page sums a few
+    rows per bucket whatever the volume; every bucket of the page is a whole number of hours."""
+
+    pool = models.ForeignKey(LicensePool, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField(help_text="The hour's start, a whole UTC hour.")
+    refusals = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["pool", "hour"], name="one_refusal_count_per_pool_hour")]
+
+    def __str__(self):
+        return f"{self.pool_id} {self.hour:%Y-%m-%d %H:00}: {self.refusals} refused"
+
+
+def wait_resolution(seconds):
+    """How finely QueueWaitHour keeps a wait: to the second below ten minutes, to ten seconds below an
+    hour, to the minute beyond. Returns the wait rounded down to that."""
+    seconds = max(0, int(seconds))
+    if seconds < 600:
+        return seconds
+    if seconds < 3600:
+        return seconds - seconds % 10
+    return seconds - seconds % 60
+
+
+class QueueWaitHour(models.Model):
+    """How many engines of a pool got a license in one UTC hour after waiting `wait_seconds` in line
+    (wait_resolution). Counters, not a row per wait: the usage page's waits per bar, with exact
+    (to that resolution) medians and percentiles, read a few rows per hour whatever the volume."""
+
+    pool = models.ForeignKey(LicensePool, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField(help_text="The hour the license was granted in, a whole UTC hour.")
+    wait_seconds = models.PositiveIntegerField()
+    waits = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["pool", "hour", "wait_seconds"], name="one_wait_count_per_pool_hour_wait")
+        ]
+
+    def __str__(self):
+        return f"{self.pool_id} {self.hour:%Y-%m-%d %H:00}: {self.waits} waited {self.wait_seconds} s"
 
 
 API_KEY_PREFIX = "kat_"

@@ -5,7 +5,7 @@ ERROR_CODES = {
     400: ["invalid_request"],
     401: ["invalid_api_key"],
     403: ["not_licensed", "license_expired", "machine_not_allowed"],
-    404: ["organization_not_found", "no_license_pool", "session_not_found", "not_found"],
+    404: ["organization_not_found", "no_license_pool", "session_not_found", "ticket_not_found", "not_found"],
     405: ["method_not_allowed"],
     409: ["organization_required", "session_quota_exceeded", "machine_quota_exceeded", "idempotency_key_in_use"],
     410: ["session_terminated"],
@@ -20,10 +20,14 @@ ERROR_DESCRIPTIONS = {
     401: "The Authorization header is missing or malformed, or the key is unknown, revoked or expired.",
     403: "`not_licensed`: not a licensed user of the KSE pool. `license_expired`: the subscription has ended or "
     "not started. `machine_not_allowed`: the machine id is not on the pool's allow-list.",
-    404: "`organization_not_found`, `no_license_pool` or `session_not_found`; `not_found` for an unknown path.",
+    404: "`organization_not_found`, `no_license_pool` or `session_not_found`; `ticket_not_found` when a polled queue "
+    "ticket is unknown, another request's, used up, ended, removed by an admin or was not polled before its "
+    "`poll_before` (activate afresh); `not_found` for an unknown path.",
     405: "The path exists but not with this method; the Allow header lists the methods.",
-    409: "`organization_required` (`details.organizations` lists the choices), `session_quota_exceeded`, "
-    "`machine_quota_exceeded`, or `idempotency_key_in_use` while a request with the same key runs.",
+    409: "`organization_required` (`details.organizations` lists the choices), `session_quota_exceeded` "
+    "(details: SessionQuotaDetails; no license is free, or engines wait in the pool's queue and this request did "
+    "not ask to queue, or a queued wait passed its `max_wait_seconds`), `machine_quota_exceeded`, or "
+    "`idempotency_key_in_use` while a request with the same key runs.",
     410: "The session has ended; `details.reason` says why. The engine activates again.",
     422: "The Idempotency-Key came before with a different body.",
     429: "Too many requests for this API key, or too many failed authentications from this address; retry after "
@@ -44,6 +48,7 @@ END_REASONS = [
 
 TIMESTAMP = {"type": "string", "format": "date-time", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"}
 SESSION_ID = {"type": "string", "pattern": r"^s_[A-Za-z0-9_\-]+$"}
+TICKET_ID = {"type": "string", "pattern": r"^q_[A-Za-z0-9_\-]{1,38}$"}
 # Free text the server takes excludes control characters (api.PRINTABLE).
 PRINTABLE = r"^[^\u0000-\u001f\u007f]*$"
 REQUEST_ID_HEADER = {
@@ -95,6 +100,82 @@ SCHEMAS = {
                 "type": ["boolean", "null"],
                 "default": False,
                 "description": "Deregister the machine as soon as its last session ends.",
+            },
+            "queue": {
+                "type": ["boolean", "null"],
+                "default": False,
+                "description": "RE only (KSE answers as without it): when only the session quota stands in the way "
+                "(organization, subscription, allow-list and machine quota are checked first), wait in the pool's "
+                "first-come-first-served line: the answer is 202 with a ticket.",
+            },
+            "ticket": {
+                **TICKET_ID,
+                "type": ["string", "null"],
+                "description": "When polling: the ticket of the 202 answer. The poll must otherwise be the same "
+                "request (user, product, organization and machine_id; hostname and engine_version may change), "
+                "sent after `retry_after_seconds` and before `poll_before`.",
+            },
+            "max_wait_seconds": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": 86400,
+                "default": 1800,
+                "description": "With queue: how long to wait at most; the ticket's expires_at is the joining time "
+                "plus this.",
+            },
+        },
+    },
+    "Queued": {
+        "type": "object",
+        "required": ["queued"],
+        "properties": {
+            "queued": {
+                "type": "object",
+                "required": ["ticket", "position", "waiting", "retry_after_seconds", "poll_before", "expires_at"],
+                "properties": {
+                    "ticket": TICKET_ID,
+                    "position": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "1 for the oldest waiting ticket; counts every ticket still waiting ahead.",
+                    },
+                    "waiting": {"type": "integer", "minimum": 1, "description": "Tickets waiting in the pool."},
+                    "retry_after_seconds": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "When to poll next (also the Retry-After header): about 2 s at the head of "
+                        "the line, longer further back, at most 30 s.",
+                    },
+                    "poll_before": {
+                        **TIMESTAMP,
+                        "description": "The ticket is dropped unless polled before this: the answer's time + "
+                        "retry_after_seconds + 30 s. A 429 or 503 answer does not move it.",
+                    },
+                    "expires_at": {
+                        **TIMESTAMP,
+                        "description": "Joining time + max_wait_seconds; a poll after it answers 409.",
+                    },
+                },
+            }
+        },
+    },
+    "SessionQuotaDetails": {
+        "type": "object",
+        "description": "`details` of session_quota_exceeded.",
+        "required": ["quota", "live_sessions", "offline_licenses", "waiting"],
+        "properties": {
+            "quota": {"type": "integer", "minimum": 0},
+            "live_sessions": {"type": "integer", "minimum": 0},
+            "offline_licenses": {"type": "integer", "minimum": 0},
+            "waiting": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Tickets waiting in the pool's line; free licenses are set aside for them.",
+            },
+            "waited_seconds": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Only when a queued wait passed its max_wait_seconds: how long it waited.",
             },
         },
     },
@@ -241,6 +322,15 @@ PATHS = {
             },
             "responses": {
                 **_ok(201, "The license is taken; keep it with heartbeats.", "Activation"),
+                "202": {
+                    "description": "With queue: no license is free for this request yet, and it waits in the pool's "
+                    "line. Poll with the ticket after retry_after_seconds (the Retry-After header).",
+                    "headers": {
+                        "X-Request-ID": {"$ref": "#/components/headers/RequestId"},
+                        "Retry-After": {"$ref": "#/components/headers/RetryAfter"},
+                    },
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Queued"}}},
+                },
                 **_error_responses(400, 401, 403, 404, 405, 409, 422, 429, 503),
             },
         }

@@ -1,9 +1,11 @@
 """Real concurrency for the PostgreSQL tests: threads, each with its own database connection."""
 
 import threading
+from contextlib import contextmanager
 
 from django.db import DatabaseError, connection, transaction
 
+from licenses.models import LicensePool
 from organizations.models import Organization
 
 # PostgreSQL's default max_connections is 100 and the server is shared (CI, other test runs), so
@@ -62,3 +64,32 @@ def organization_row_is_free(organization):
     thread.start()
     thread.join()
     return answer[0]
+
+
+@contextmanager
+def pool_lock_unavailable(pool):
+    """While another connection holds the pool's row and this one gives up a lock wait after
+    200 ms: what needs the pool's lock here fails as with a database in trouble (the API's 503)."""
+    locked, finished = threading.Event(), threading.Event()
+
+    def hold_the_pool_row():
+        try:
+            with transaction.atomic():
+                LicensePool.objects.select_for_update().get(pk=pool.pk)
+                locked.set()
+                finished.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_pool_row)
+    holder.start()
+    locked.wait(10)
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = '200ms'")
+    try:
+        yield
+    finally:
+        finished.set()
+        holder.join()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")

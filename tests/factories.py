@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from licenses.models import LicensedUser, LicensePool, OfflineLicense
 from organizations.models import Invitation, Membership, Organization, User
-from sessions_app.models import ApiKey, EngineSession, Machine, hash_api_key
+from sessions_app.models import ApiKey, EngineSession, Machine, QueueTicket, hash_api_key
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -101,6 +101,22 @@ class EngineSessionFactory(factory.django.DjangoModelFactory):
     started_at = factory.LazyFunction(timezone.now)
     last_heartbeat_at = factory.LazyAttribute(lambda s: s.started_at)
     lease_expires_at = factory.LazyAttribute(lambda s: timezone.now() + timedelta(seconds=s.pool.lease_seconds))
+
+
+class QueueTicketFactory(factory.django.DjangoModelFactory):
+    """A ticket waiting in its pool's line since now, unless given other times or an outcome."""
+
+    class Meta:
+        model = QueueTicket
+
+    pool = factory.SubFactory(LicensePoolFactory)
+    user = factory.SubFactory(UserFactory)
+    machine_id = factory.Sequence(lambda n: f"waiting-{n:05d}")
+    hostname = factory.LazyAttribute(lambda t: f"{t.machine_id}.ci.example.com")
+    joined_at = factory.LazyFunction(timezone.now)
+    last_polled_at = factory.LazyAttribute(lambda t: t.joined_at)
+    poll_before = factory.LazyFunction(lambda: timezone.now() + timedelta(seconds=32))
+    expires_at = factory.LazyAttribute(lambda t: t.joined_at + timedelta(minutes=30))
 
 
 class OfflineLicenseFactory(factory.django.DjangoModelFactory):

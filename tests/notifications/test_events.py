@@ -11,6 +11,7 @@ from django.utils import timezone
 from licenses import actions as license_actions
 from licenses.errors import SeatQuotaExceeded
 from notifications.event_types import EventType
+from notifications.messages import describe
 from notifications.models import Event
 from organizations import actions as org_actions
 from organizations import audit
@@ -109,9 +110,10 @@ def test_an_activation_refused_for_quota_is_quota_reached_once_an_hour(client, o
         (reached,) = events(EventType.QUOTA_REACHED)
         assert reached.data["limit"] == "sessions"
         assert reached.data["pool"]["quota"] == 2
-        assert reached.data["figures"] == {"quota": 2, "live_sessions": 2, "offline_licenses": 0}
+        assert reached.data["figures"] == {"quota": 2, "live_sessions": 2, "offline_licenses": 0, "waiting": 0}
         assert reached.data["refused"] == {"user": member_user.email, "machine_id": "agent-2"}
         assert "2 of 2" in reached.data["message"]
+        assert reached.data["queued"] is False
 
         traveller.shift(timedelta(minutes=45))  # 10:55, the same hour
         assert engine.activate(machine_id="agent-9").status_code == 409
@@ -119,6 +121,27 @@ def test_an_activation_refused_for_quota_is_quota_reached_once_an_hour(client, o
         traveller.shift(timedelta(minutes=10))  # the next hour
         assert engine.activate(machine_id="agent-9").status_code == 409
     assert len(events(EventType.QUOTA_REACHED)) == 2
+
+
+def test_an_engine_put_in_line_is_quota_reached_too(client, organization, member_user, re_pool):
+    """With the queue, a full pool makes engines wait instead of failing: joining the line says the
+    quota was reached just as a refusal would (once an hour), marked queued; polls say nothing more."""
+    engine = Engine(client, factories.ApiKeyFactory(user=member_user).raw_key)
+    factories.EngineSessionFactory.create_batch(2, pool=re_pool)
+    response = engine.activate(machine_id="agent-7", queue=True)
+    assert response.status_code == 202
+    (reached,) = events(EventType.QUOTA_REACHED)
+    assert reached.data["queued"] is True
+    assert reached.data["limit"] == "sessions"
+    assert reached.data["refused"] == {"user": member_user.email, "machine_id": "agent-7"}
+    assert reached.data["message"].startswith("No license free: 2 of 2")
+    mail = describe(reached)
+    assert mail.summary.endswith("are used up; an engine waits in line")
+    assert ("Waiting machine", "agent-7") in mail.figures
+    ticket = response.json()["queued"]["ticket"]
+    assert engine.activate(machine_id="agent-7", queue=True, ticket=ticket).status_code == 202
+    assert engine.activate(machine_id="agent-8", queue=True).status_code == 202
+    assert len(events(EventType.QUOTA_REACHED)) == 1
 
 
 def test_the_machine_quota_is_a_quota_too(client, organization, member_user):

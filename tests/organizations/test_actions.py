@@ -319,6 +319,7 @@ class TestRemove:
             "sessions_ended": 1,
             "machines_deactivated": 1,
             "api_keys_revoked": 1,
+            "queue_tickets_removed": 0,
         }
 
     def test_a_machine_someone_else_runs_on_stays_registered(self, organization, owner, member_user, admin_user):

@@ -1,8 +1,10 @@
-"""The admin site for operators: machines, sessions and API keys."""
+"""The admin site for operators: machines, sessions, queue tickets and API keys."""
 
 import pytest
 
-from sessions_app.models import ApiKey, EngineSession
+from organizations.audit import Action
+from organizations.models import AuditEvent
+from sessions_app.models import ApiKey, EngineSession, QueueTicket
 from tests import factories
 
 
@@ -127,3 +129,19 @@ def test_sessions_machines_and_licenses_are_never_deleted_in_the_admin(operator_
     assert "Revoked 1 license(s)." in response.text
     session.refresh_from_db()
     assert session.end_reason == "withdrawn"
+
+
+def test_an_operator_sees_the_lines_and_takes_an_engine_out(operator_client, re_pool):
+    """Queue tickets have a list and a detail page, read-only; the action removes waiting ones,
+    audited like the Licenses page's removal."""
+    waiting = factories.QueueTicketFactory(pool=re_pool)
+    for url in ("/admin/sessions_app/queueticket/", f"/admin/sessions_app/queueticket/{waiting.pk}/change/"):
+        assert operator_client.get(url).status_code == 200, url
+    response = operator_client.post(
+        "/admin/sessions_app/queueticket/",
+        {"action": "remove_from_line", "_selected_action": [waiting.pk]},
+        follow=True,
+    )
+    assert "Took 1 engine(s) out of the line." in response.content.decode()
+    assert QueueTicket.objects.get(pk=waiting.pk).outcome == "removed"
+    assert AuditEvent.objects.filter(action=Action.QUEUE_TICKET_REMOVED).count() == 1

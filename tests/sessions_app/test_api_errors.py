@@ -295,7 +295,7 @@ def test_the_session_quota_refusal_names_the_figures(engine, re_pool):
     assert error["code"] == "session_quota_exceeded"
     assert "3 of 3" in error["message"]
     assert "Acme QA" in error["message"]
-    assert error["details"] == {"quota": 3, "live_sessions": 3, "offline_licenses": 0}
+    assert error["details"] == {"quota": 3, "live_sessions": 3, "offline_licenses": 0, "waiting": 0}
     assert EngineSession.objects.live().count() == 3
 
 
@@ -307,7 +307,7 @@ def test_unexpired_offline_licenses_take_from_the_quota(engine, re_pool):
     assert engine.activate(machine_id="agent-0").status_code == 201
     error = error_of(engine.activate(machine_id="agent-1"))
     assert error["code"] == "session_quota_exceeded"
-    assert error["details"] == {"quota": 3, "live_sessions": 1, "offline_licenses": 2}
+    assert error["details"] == {"quota": 3, "live_sessions": 1, "offline_licenses": 2, "waiting": 0}
 
 
 def test_the_machine_quota_refuses_a_new_machine_only(engine, re_pool):

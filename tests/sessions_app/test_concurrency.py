@@ -13,7 +13,7 @@ from licenses.models import LicensePool
 from sessions_app.actions import expire_sessions
 from sessions_app.models import EngineSession, Machine
 from tests import factories
-from tests.concurrency import organization_row_is_free, run_together
+from tests.concurrency import organization_row_is_free, pool_lock_unavailable, run_together
 
 from .conftest import Engine
 
@@ -79,29 +79,8 @@ def test_a_retry_after_a_503_is_answered_afresh(member_user, organization):
     503 asks for is decided afresh instead of being told the key is in use."""
     pool = factories.LicensePoolFactory(organization=organization)
     engine = Engine(Client(), factories.ApiKeyFactory(user=member_user).raw_key)
-    locked, finished = threading.Event(), threading.Event()
-
-    def hold_the_pool_row():
-        try:
-            with transaction.atomic():
-                LicensePool.objects.select_for_update().get(pk=pool.pk)
-                locked.set()
-                finished.wait(10)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_the_pool_row)
-    holder.start()
-    locked.wait(10)
-    with connection.cursor() as cursor:
-        cursor.execute("SET lock_timeout = '200ms'")
-    try:
+    with pool_lock_unavailable(pool):
         response = engine.activate(headers={"Idempotency-Key": "build-9"})
-    finally:
-        finished.set()
-        holder.join()
-        with connection.cursor() as cursor:
-            cursor.execute("RESET lock_timeout")
     assert response.status_code == 503
     retry = engine.activate(headers={"Idempotency-Key": "build-9"})
     assert retry.status_code == 201, retry.json()

@@ -3,12 +3,13 @@
 import re
 
 import pytest
+from django.db.models.functions import Now
 from django.test import override_settings
 from django.utils import timezone
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
-from sessions_app.models import IdempotencyRecord
+from sessions_app.models import IdempotencyRecord, QueueTicket
 from tests import factories
 
 from .conftest import Engine
@@ -39,6 +40,7 @@ def test_the_document_names_every_error_code_of_the_contract(document):
         "organization_not_found",
         "no_license_pool",
         "session_not_found",
+        "ticket_not_found",
         "organization_required",
         "session_quota_exceeded",
         "machine_quota_exceeded",
@@ -88,6 +90,21 @@ def test_every_operation_answers_as_documented(document, client, member_user, or
         return check(document, method, "/api/v1/" + path, response)
 
     session_id = call("post", "engine/activate", engine.activate()).json()["session"]["id"]
+    ticket = call("post", "engine/activate", engine.activate(queue=True)).json()["queued"]["ticket"]
+    call("post", "engine/activate", engine.activate(queue=True, ticket=ticket))
+    call("post", "engine/activate", engine.activate(queue=True, ticket="q_unknown"))
+    call("post", "engine/activate", engine.activate(queue=True, ticket="nope"))
+    refused = [engine.activate()]
+    QueueTicket.objects.update(expires_at=Now())
+    refused.append(engine.activate(queue=True, ticket=ticket))
+    quota_details = OAS31Validator(
+        {"$ref": "#/components/schemas/SessionQuotaDetails", "components": document["components"]}
+    )
+    for response in refused:
+        refusal = call("post", "engine/activate", response).json()["error"]
+        assert refusal["code"] == "session_quota_exceeded"
+        quota_details.validate(refusal["details"])
+    assert "waited_seconds" in refusal["details"]
     call("post", "engine/activate", engine.activate(machine_id="a b"))
     call("post", "engine/activate", anonymous.activate())
     call("post", "engine/activate", engine.activate(product="KSE"))
@@ -142,6 +159,10 @@ def test_every_operation_answers_as_documented(document, client, member_user, or
         ("Idempotency-Key", "caf\u00e9"),
         ("hostname", "a\x1b[31m"),
         ("engine_version", "\x00"),
+        ("ticket", "s_not-a-ticket"),
+        ("ticket", "q_" + "x" * 39),
+        ("max_wait_seconds", 0),
+        ("max_wait_seconds", 86_401),
     ],
 )
 def test_the_document_refuses_what_the_server_refuses(document, engine, re_pool, where, value):

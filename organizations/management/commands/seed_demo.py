@@ -1,6 +1,7 @@
 import heapq
 import json
 import random
+from collections import Counter
 from datetime import datetime, timedelta
 from io import StringIO
 
@@ -15,7 +16,18 @@ from licenses.models import LicensedUser, LicensePool, Product
 from organizations.actions import create_organization
 from organizations.audit import Action
 from organizations.models import AuditEvent, Invitation, Membership, Organization, Role
-from sessions_app.models import EndReason, EngineSession, Machine, generate_session_id
+from sessions_app.models import (
+    EndReason,
+    EngineSession,
+    Machine,
+    QueueTicket,
+    QueueWaitHour,
+    QuotaRefusalHour,
+    TicketOutcome,
+    generate_session_id,
+    generate_ticket_id,
+    wait_resolution,
+)
 
 DEMO_ORGANIZATION = "Demo QA"
 DEMO_PARTNER_ORGANIZATION = "Globex Partners"
@@ -47,6 +59,8 @@ AUDIT_MIX = [
     (Action.LICENSE_REVOKED, 3),
     (Action.OFFLINE_LICENSE_CREATED, 1),
 ]
+# The longest an engine of the demo history waited in line (its --wait) before it was refused.
+QUEUE_WAIT_LIMIT = timedelta(minutes=30)
 HISTORY_END_REASONS = [EndReason.RELEASED] * 45 + [EndReason.EXPIRED] * 4 + [EndReason.WITHDRAWN]
 
 
@@ -85,6 +99,10 @@ def _copy_text(value):
     if isinstance(value, dict | list):
         value = json.dumps(value)
     return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _hour(moment):
+    return moment.replace(minute=0, second=0, microsecond=0)
 
 
 def _adapted(value):
@@ -267,7 +285,7 @@ class Command(BaseCommand):
             # Fresh tables have no statistics until autovacuum comes by; without them the planner
             # takes a million rows for none, and the first pages after seeding would show that.
             with connection.cursor() as cursor:
-                for model in (EngineSession, AuditEvent, Membership, Machine):
+                for model in (EngineSession, AuditEvent, Membership, Machine, QueueTicket):
                     cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
         return organization
 
@@ -351,19 +369,36 @@ class Command(BaseCommand):
             for _ in range(self.random.randint(1, 3)):
                 started = day_start + timedelta(hours=23, minutes=self.random.randint(0, 50))
                 candidates.append((started, timedelta(minutes=self.random.randint(20, 180))))
+            # Some weeknights a regression suite starts more jobs than there are licenses: the
+            # line and the refusals the usage page shows.
+            if weekday and self.random.random() < 0.3:
+                for _ in range(pool.quota + self.random.randint(2, 6)):
+                    started = day_start + timedelta(hours=2, minutes=self.random.randint(0, 10))
+                    candidates.append((started, timedelta(minutes=self.random.randint(15, 45))))
         candidates.sort()
         running_ends = []
-        spans = []
-        for started, duration in candidates:
-            ended = started + duration
-            if ended >= now - timedelta(minutes=10):
-                continue
+        spans, waits, refused = [], [], []
+        for asked, duration in candidates:
+            started = asked
             while running_ends and running_ends[0] <= started:
                 heapq.heappop(running_ends)
             if len(running_ends) >= pool.quota:
-                continue  # the portal would have refused this activation
+                # The pool is full: an engine that asked to wait (half of them) starts when the first
+                # license frees up, if that comes within half an hour; the others are refused.
+                first_free = running_ends[0]
+                if self.random.random() < 0.5 or first_free - asked > QUEUE_WAIT_LIMIT:
+                    refused.append(asked)
+                    continue
+                started = heapq.heappop(running_ends)
+                waits.append((asked, started))
+            ended = started + duration
+            if ended >= now - timedelta(minutes=10):
+                if waits and waits[-1][1] == started:
+                    waits.pop()
+                continue
             heapq.heappush(running_ends, ended)
             spans.append((started, ended))
+        self.insert_demand(pool, machines, waits, refused)
         return self.insert_history(pool, machines, spans)
 
     def seed_history_sessions(self, pool, machines, count, days, now):
@@ -398,20 +433,76 @@ class Command(BaseCommand):
                 starts.append(day_start + timedelta(seconds=offset))
         starts.sort()
         running_ends = []
-        spans = []
+        spans, waits = [], []
         for started in starts:
             started = min(started, last_end - timedelta(seconds=2))
             while running_ends and running_ends[0] <= started:
                 heapq.heappop(running_ends)
             if len(running_ends) >= pool.quota:
-                started = max(started, heapq.heappop(running_ends))
+                asked, started = started, max(started, heapq.heappop(running_ends))
+                waits.append((asked, started))
             duration = timedelta(seconds=self.random.uniform(0.2, 1.8) * mean_seconds)
             ended = min(started + duration, last_end)
             if ended <= started:  # squeezed against the end of the history
                 started, ended = last_end - timedelta(seconds=2), last_end - timedelta(seconds=1)
             heapq.heappush(running_ends, ended)
             spans.append((started, ended))
+        self.insert_demand(pool, machines, waits, [])
         return self.insert_history(pool, machines, spans)
+
+    def insert_demand(self, pool, machines, waits, refused):
+        """What the usage page shows of demand the pool did not meet at once: the engines that waited
+        in line, (asked, granted) each, as used-up queue tickets (not linked to their sessions) and
+        counted per hour by wait, and the moments activations were refused, counted per hour."""
+        rows = []
+        for asked, granted in waits:
+            machine = self.random.choice(machines)
+            rows.append(
+                (
+                    generate_ticket_id(),
+                    pool.pk,
+                    machine.user_id,
+                    machine.machine_id,
+                    machine.hostname,
+                    asked,
+                    granted,
+                    granted + timedelta(seconds=32),
+                    asked + QUEUE_WAIT_LIMIT,
+                    granted,
+                    TicketOutcome.GRANTED,
+                )
+            )
+        insert_rows(
+            QueueTicket,
+            [
+                "public_id",
+                "pool",
+                "user",
+                "machine_id",
+                "hostname",
+                "joined_at",
+                "last_polled_at",
+                "poll_before",
+                "expires_at",
+                "ended_at",
+                "outcome",
+            ],
+            rows,
+        )
+        waits_per_hour = Counter(
+            (_hour(granted), wait_resolution((granted - asked).total_seconds())) for asked, granted in waits
+        )
+        QueueWaitHour.objects.bulk_create(
+            [
+                QueueWaitHour(pool=pool, hour=hour, wait_seconds=seconds, waits=count)
+                for (hour, seconds), count in sorted(waits_per_hour.items())
+            ],
+            batch_size=BATCH,
+        )
+        refusals = Counter(_hour(moment) for moment in refused)
+        QuotaRefusalHour.objects.bulk_create(
+            [QuotaRefusalHour(pool=pool, hour=hour, refusals=count) for hour, count in sorted(refusals.items())]
+        )
 
     def insert_history(self, pool, machines, spans):
         """Write the ended sessions; returns (public id, machine, ended_at) of those an admin ended."""
