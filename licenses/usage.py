@@ -358,7 +358,15 @@ def roll_up(pool_id, *, until=None):
             EngineSession.objects.filter(pool_id=pool_id, started_at__gte=since, started_at__lt=target)
             .annotate(hour=TruncHour("started_at"))
             .values("hour")
-            .annotate(started=Count("pk"), ended_before_start=Count("pk", filter=Q(ended_at__lte=F("hour"))))
+            .annotate(
+                started=Count("pk"),
+                # By when each stopped holding its license: its recorded end, or a lapsed lease's end
+                # (a lease that ran out by then is never renewed), as the session history reads it.
+                ended_before_start=Count(
+                    "pk",
+                    filter=Q(ended_at__lte=F("hour")) | Q(ended_at__isnull=True, lease_expires_at__lte=F("hour")),
+                ),
+            )
             .order_by()
         )
         begun = {_as_utc(row["hour"]): row for row in begun}

@@ -289,3 +289,27 @@ def test_expire_sessions_rolls_up_every_pool_behind(busy_pool, kse_pool):
     call_command("expire_sessions", stdout=out)
     assert out.getvalue().endswith("Rolled up 0 hours of usage.\n")
     assert_same_as_a_scan(pool, now)
+
+
+def test_a_lease_that_lapsed_on_the_hour_is_not_held_in_the_hour_after(busy_pool):
+    """A session whose lease ran out exactly as an hour began (never marked expired) held nothing in
+    that hour: the rolled-up count agrees with the history, as the scan does."""
+    pool, people, machines = busy_pool
+    now = timezone.now()
+    hour = floor_hour(now) - timedelta(days=2)
+    EngineSession.objects.bulk_create(
+        [
+            EngineSession(pool=pool, user=people[0], machine=machines[0], started_at=hour, lease_expires_at=hour),
+            EngineSession(
+                pool=pool,
+                user=people[1],
+                machine=machines[1],
+                started_at=hour - HOUR,
+                lease_expires_at=hour + timedelta(minutes=5),
+            ),
+        ]
+    )
+    roll_up(pool.pk)
+    period = Period(hour, hour + HOUR, HOURLY, "the hour")
+    assert usage_in_period(pool=pool, period=period, now=now).sessions_held == 1
+    assert_same_as_a_scan(pool, now)
