@@ -1,4 +1,5 @@
 import re
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -50,7 +51,7 @@ def test_the_link_works_once(client, invitation):
 
 def test_an_expired_link_is_refused_clearly(client, invitation):
     """The person is told to ask for a resend."""
-    Invitation.objects.filter(pk=invitation.pk).update(expires_at=timezone.now())
+    Invitation.objects.filter(pk=invitation.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     response = client.post(accept_url(invitation), SIGN_UP)
     assert response.status_code == 410
     assert b"expired" in response.content and b"resend" in response.content

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
@@ -119,7 +121,7 @@ class TestAccept:
 
     def test_an_expired_invitation_is_refused(self, invitation):
         """Expiry is checked when the link is used."""
-        Invitation.objects.filter(pk=invitation.pk).update(expires_at=timezone.now())
+        Invitation.objects.filter(pk=invitation.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
         with pytest.raises(errors.InvitationUnusable) as refusal:
             actions.accept_invitation(token=invitation.token, name="N", password="a-long-enough-password")
         assert refusal.value.code == "invitation_expired"
