@@ -8,6 +8,8 @@ from django.test.utils import override_settings
 from sessions_app import ratelimit
 from tests import factories
 
+pytest_plugins = ["tests.reliability"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_HOW = (
     "needs PostgreSQL: run with DATABASE_URL=postgres://postgres@127.0.0.1:5432/katalon_admin "
