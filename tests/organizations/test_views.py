@@ -304,7 +304,7 @@ class TestMemberActions:
         membership = membership_of(member_user, organization)
         response = owner_client.post(
             reverse("member_change_role", args=[organization.public_id, membership.pk]),
-            {"role": "admin", "page": "1"},
+            {"role": "admin", "list-page": "1"},
             follow=True,
         )
         assert response.redirect_chain[-1][0] == members_url(organization) + "?page=1"
