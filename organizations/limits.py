@@ -3,11 +3,11 @@
 Django renders a CharField's max_length as the HTML `maxlength` attribute, and browsers enforce that
 by cutting what is typed or pasted, without a word: a 130-character machine id pasted into the
 offline-license form became a license for a 128-character id, a different machine. So the limit is
-rendered as `data-maxlength` instead: static/js/app.js counts beside the field and blocks the
+rendered as `data-maxlength` instead (by the form renderer below): static/js/app.js counts beside the field and blocks the
 submit with a message, and without JavaScript the form's own validation refuses it ("Ensure this value has at most
 128 characters (it has 130)."). The server's check (MaxLengthValidator) is unchanged; only the cutting goes."""
 
-from django import forms
+from django.forms.renderers import DjangoTemplates
 
 # An error that quotes what was typed shows at most this much of it: a 10,000-character value must
 # not be repeated in full (it made the members page 98,000 px wide).
@@ -20,17 +20,14 @@ def shorten(value, limit=QUOTED_VALUE_LIMIT):
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
-_django_widget_attrs = forms.CharField.widget_attrs
+class LimitStatingRenderer(DjangoTemplates):
+    """Django's renderer (settings.FORM_RENDERER), with `maxlength` rendered as `data-maxlength`:
+    for every form of every app, and Django's own, so no field can forget it."""
 
-
-def _widget_attrs_without_cutting(field, widget):
-    attrs = _django_widget_attrs(field, widget)
-    if "maxlength" in attrs:
-        attrs["data-maxlength"] = attrs.pop("maxlength")
-    return attrs
-
-
-def install():
-    """Called once from OrganizationsConfig.ready(), so every form of every app (and Django's own
-    forms) gets it: a field cannot forget it."""
-    forms.CharField.widget_attrs = _widget_attrs_without_cutting
+    def render(self, template_name, context, request=None):
+        widget = context.get("widget")
+        if isinstance(widget, dict) and "maxlength" in widget.get("attrs", {}):
+            attrs = dict(widget["attrs"])
+            attrs["data-maxlength"] = attrs.pop("maxlength")
+            context = {**context, "widget": {**widget, "attrs": attrs}}
+        return super().render(template_name, context, request=request)
