@@ -2,10 +2,11 @@
 
 Django renders a CharField's max_length as the HTML `maxlength` attribute, and browsers enforce that
 by cutting what is typed or pasted, without a word: a 130-character machine id pasted into the
-offline-license form became a license for a 128-character id, a different machine. So the limit is
-rendered as `data-maxlength` instead (by the form renderer below): static/js/app.js counts beside the field and blocks the
-submit with a message, and without JavaScript the form's own validation refuses it ("Ensure this value has at most
-128 characters (it has 130)."). The server's check (MaxLengthValidator) is unchanged; only the cutting goes."""
+offline-license form became a license for a 128-character id, a different machine. So the form
+renderer below renders the limit as `data-maxlength` instead: static/js/app.js counts beside the
+field and blocks the submit with a message, and without JavaScript the form's own validation
+refuses it ("Ensure this value has at most 128 characters (it has 130)."). The server's check
+(MaxLengthValidator) is unchanged; only the cutting goes."""
 
 from django.forms.renderers import DjangoTemplates
 
