@@ -187,8 +187,8 @@ def deactivate(request, product, machine_pk):
     machine = get_object_or_404(pool.machines.all(), pk=machine_pk)
     if request.method == "GET":
         live = EngineSession.objects.live().filter(machine=machine).count()
-        sessions = (
-            f"its {live} live session{'s' if live != 1 else ''} end at once" if live else "it runs no session now"
+        sessions = {0: "it runs no session now", 1: "its live session ends at once"}.get(
+            live, f"its {live} live sessions end at once"
         )
         return ask_to_confirm(
             request,

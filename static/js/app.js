@@ -84,7 +84,10 @@ document.addEventListener("htmx:beforeRequest", (event) => {
 document.addEventListener("htmx:beforeSwap", (event) => {
   // A confirmed action's answer replaces its section: the dialog's work is done.
   const dialog = confirmDialog();
-  if (dialog && dialog.open && dialog.contains(event.target) && event.detail.target.id !== "confirm-slot") {
+  // Fired on the swap's target; the element that asked is the request's.
+  const asker = (event.detail.requestConfig && event.detail.requestConfig.elt) || event.detail.elt;
+  if (dialog && dialog.open && asker && dialog.contains(asker) && event.detail.target.id !== "confirm-slot") {
+    confirmOpener = null;  // Focus goes to the result instead (below), not back to the button.
     dialog.close();
   }
 });
@@ -123,12 +126,30 @@ function settled() {
   focusTarget.focus();
 }
 
-function announce(text) {
+// The live region's words live in a closed shadow root: screen readers hear them (the accessibility
+// tree is built from the flattened tree), but the page's text holds each message once, so finding
+// it in the page (Ctrl+F, or a test looking for it) meets the visible message, not a hidden twin.
+let announcerLine = null;
+
+function announcerText() {
+  if (announcerLine) return announcerLine;
   const announcer = document.getElementById("announcer");
-  if (!announcer) return;
-  announcer.textContent = "";
-  // Emptied first and filled a moment later, so the same words twice are announced twice.
-  setTimeout(() => { announcer.textContent = text.replace(/\s+/g, " ").trim(); }, 50);
+  if (!announcer) return null;
+  announcerLine = document.createElement("span");
+  announcer.attachShadow({ mode: "closed" }).append(announcerLine);
+  return announcerLine;
+}
+
+function announce(text) {
+  const line = announcerText();
+  if (!line) return;
+  const words = text.replace(/\s+/g, " ").trim();
+  line.textContent = "";
+  // Filled a moment after emptying, so the same words twice are announced twice.
+  setTimeout(() => {
+    line.textContent = words;
+    document.getElementById("announcer").lastAnnouncement = words;  // for a look from outside
+  }, 50);
 }
 
 // Field limits (organizations/limits.py): the limit is data-maxlength, not maxlength, because a
