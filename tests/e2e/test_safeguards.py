@@ -44,7 +44,7 @@ def test_an_offline_license_asks_with_its_cost_and_a_too_long_id_is_refused_not_
     page = any_page
     owner = factories.UserFactory(email="olivia@example.com")
     organization = factories.OrganizationFactory(owner=owner, name="Acme QA")
-    pool = factories.LicensePoolFactory(organization=organization, product="KSE", quota=5)
+    factories.LicensePoolFactory(organization=organization, product="KSE", quota=5)
     sign_in(page, owner.email)
     page.goto(page.base_url + reverse("licenses_product", args=[organization.public_id, "KSE"]))
     offline = page.get_by_role("region", name="Offline licenses")
