@@ -187,7 +187,7 @@ def delete_endpoint(request, endpoint_id):
             request,
             Confirmation(
                 title="Delete this endpoint?",
-                consequence=f"{shorten(endpoint.url)} receives no more events, and its delivery log is deleted with it.",
+                consequence=f"{shorten(endpoint.url)} gets no more events, and its delivery log is deleted with it.",
                 button="Delete endpoint",
                 action_url=request.path,
                 cancel_url=reverse("notifications_endpoint", args=[request.organization.public_id, endpoint.pk]),
