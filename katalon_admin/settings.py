@@ -33,7 +33,6 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_tasks_db",
     "axes",
-    "django_prometheus",
     "organizations",
     "licenses",
     "sessions_app",
@@ -41,6 +40,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz and /metrics, answered before the host check and the HTTPS redirect (load balancers and
+    # Prometheus ask by address over plain HTTP) and left out of the request metrics.
+    "katalon_admin.operations.OperationsEndpointsMiddleware",
+    # Request counts and latencies by view (django-prometheus): the clock starts here...
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -51,6 +55,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # ...and the view, status and latency are labelled here, outside axes so its 429 is what is counted.
+    "katalon_admin.operations.RequestMetricsMiddleware",
     # Last, so that it sees a sign-in that axes refused and answers with the sign-in page saying so.
     "axes.middleware.AxesMiddleware",
 ]
@@ -119,6 +125,10 @@ def _limit(name, default, unit="requests per minute"):
 
 API_RATE_LIMIT = _limit("API_RATE_LIMIT", 12_000)
 API_AUTH_FAILURE_LIMIT = _limit("API_AUTH_FAILURE_LIMIT", 60)
+
+# GET /metrics (katalon_admin.operations) answers only `Authorization: Bearer <METRICS_TOKEN>`; without a
+# token it is off (404) unless DEBUG, so a production portal never shows its internals by default.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
 # Sign-in throttling (django-axes, organizations.throttle): SIGN_IN_FAILURE_LIMIT failed sign-ins for one
 # account, or from one client address, lock that account or address out of signing in for
