@@ -77,7 +77,10 @@ def main():
     rounds = max(1, min(arguments.rounds, 50))
 
     setup_test_environment()
-    old_name = connection.creation.create_test_db(verbosity=0)
+    if connection.vendor != "sqlite":
+        # A database of its own, never the test suite's, replaced if a run was interrupted.
+        connection.settings_dict["TEST"]["NAME"] = f"{connection.settings_dict['NAME']}_metrics_bench"
+    old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
         from tests import factories
 
