@@ -21,6 +21,9 @@ if not DEBUG and SECRET_KEY == DEVELOPMENT_SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# Field limits as data-maxlength, never a maxlength that cuts a pasted value (organizations/limits.py).
+FORM_RENDERER = "organizations.limits.LimitStatingRenderer"
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
