@@ -53,7 +53,7 @@ def test_the_owner_sees_every_section_and_figure(owner_client, kse_pool, re_pool
         "Katalon Runtime Engine (RE)",
         "Subscription",
         "Licensed users",
-        "Members to license",
+        "Assign licenses",
         "Online licenses",
         "Registered machines",
         "Offline licenses",
