@@ -129,20 +129,21 @@ def test_200_new_machines_at_once_over_two_servers_register_exactly_the_machine_
     )
 
 
-def signed_in_admins(organization, servers, count):
-    """`count` admins of `organization`, each signed in through the login page of one server (a
-    real session cookie and CSRF token). Passwords are hashed with the servers' own hasher."""
-    browsers = []
+def signed_in_admins(servers, count):
+    """`count` people, each signed in through the login page of one server (a real session cookie
+    and CSRF token); their passwords are hashed with the servers' own hasher. Returns (person,
+    browser) pairs."""
+    admins = []
     for n in range(count):
-        admin = factories.MembershipFactory(organization=organization, role="admin").user
-        # Few iterations: the server verifies it quickly and upgrades it to its own count.
-        User.objects.filter(pk=admin.pk).update(
+        person = factories.UserFactory()
+        # Few iterations: the server verifies it quickly, and upgrades it to its own count once.
+        User.objects.filter(pk=person.pk).update(
             password=PBKDF2PasswordHasher().encode(PASSWORD, f"salt{n}reliability", iterations=1000)
         )
         browser = Browser(servers[n % len(servers)].port)
-        browser.sign_in(admin.email, PASSWORD)
-        browsers.append(browser)
-    return browsers
+        browser.sign_in(person.email, PASSWORD)
+        admins.append((person, browser))
+    return admins
 
 
 ADMINS = 4
@@ -153,10 +154,13 @@ def test_kse_grants_posted_by_several_admins_at_once_never_exceed_the_quota(serv
     """Four admins, signed in over HTTP on both servers, post 40 grants of one member each at once
     against 10 KSE seats: exactly 10 seats, every other post refused on the page, no 5xx."""
     totals = Counter()
+    admins = signed_in_admins(servers, ADMINS)
+    browsers = [browser for _, browser in admins]
     for _ in range(REPETITIONS):
         organization = factories.OrganizationFactory()
+        for person, _ in admins:
+            factories.MembershipFactory(organization=organization, user=person, role="admin")
         pool = factories.LicensePoolFactory(organization=organization, product="KSE", quota=QUOTA, machine_quota=QUOTA)
-        browsers = signed_in_admins(organization, servers, ADMINS)
         members = [
             factories.MembershipFactory(organization=organization).user for _ in range(ADMINS * GRANTS_PER_ADMIN)
         ]
