@@ -328,6 +328,11 @@ def test_a_worker_killed_mid_activation_leaves_no_half_session_and_the_retry_get
             call, portal.port, "POST", "/api/v1/engine/activate", restart, headers, 60, client_port.append
         )
         backend = wait_for(lambda: waiting_on_locks(cluster, "sessions_app_machine"), "the activation to wait")[0][0]
+        # Half-way: its transaction has written (ended the previous session), uncommitted.
+        assert cluster.query("SELECT backend_xid IS NOT NULL FROM pg_stat_activity WHERE pid = %s", (backend,)) == [
+            (True,)
+        ]
+        assert sessions(cluster, pool) == [(previous, False, "")]
         worker = portal.worker_serving(wait_for(lambda: client_port, "the connection")[0])
         assert worker is not None
         os.kill(worker, signal.SIGKILL)
