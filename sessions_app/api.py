@@ -13,7 +13,7 @@ from functools import wraps
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -409,32 +409,34 @@ def activate(request):
             result = decide()
         return _activation_response(*_answer(result))
 
-    claim = actions.claim_idempotency_key(
-        api_key=api_key, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
-    )
-    if claim.replay:
-        return _activation_response(claim.record.status_code, claim.record.response_body)
-
-    def store(result):
-        status, answer = _answer(result)
-        actions.complete_idempotency_claim(record=claim.record, status_code=status, body=answer)
-
-    try:
-        result = decide(on_answer=store)
-    except errors.LicenseRefusal as refusal:
-        # The contract: a retry returns the first response, a refusal included. An engine that wants
-        # a fresh decision (after a license frees up) sends a new key.
-        actions.complete_idempotency_claim(
-            record=claim.record,
-            status_code=refusal.status,
-            body=error_body(refusal.code, refusal.message, refusal.details),
+    # The claim, the decision and the stored answer are one transaction: a duplicate sent meanwhile
+    # waits for it and replays its answer, and a request that dies (its worker killed, its database
+    # connection cut) takes its claim with it, so the retry is decided afresh, at once.
+    refused = None
+    with transaction.atomic():
+        claim = actions.claim_idempotency_key(
+            api_key=api_key, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
         )
-        raise
-    except DatabaseError:
-        # Nothing was processed, so the retry a 503 asks for is decided afresh instead of being told
-        # the key is in use. With the database gone this fails too, and the claim times out.
-        actions.abandon_idempotency_claim(record=claim.record)
-        raise
+        if claim.replay:
+            return _activation_response(claim.record.status_code, claim.record.response_body)
+
+        def store(result):
+            status, answer = _answer(result)
+            actions.complete_idempotency_claim(record=claim.record, status_code=status, body=answer)
+
+        try:
+            result = decide(on_answer=store)
+        except errors.LicenseRefusal as refusal:
+            # The contract: a retry returns the first response, a refusal included. An engine that
+            # wants a fresh decision (after a license frees up) sends a new key.
+            actions.complete_idempotency_claim(
+                record=claim.record,
+                status_code=refusal.status,
+                body=error_body(refusal.code, refusal.message, refusal.details),
+            )
+            refused = refusal
+    if refused is not None:
+        raise refused
     return _activation_response(*_answer(result))
 
 
