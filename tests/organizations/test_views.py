@@ -294,7 +294,7 @@ class TestMemberActions:
         )
         body = response.content.decode()
         assert body.strip().startswith(f'<tr id="member-{membership.pk}"')
-        assert "<td>Admin</td>" in body
+        assert '<td data-label="Role">Admin</td>' in body
         assert "is now admin" in body
         membership.refresh_from_db()
         assert membership.role == Role.ADMIN
