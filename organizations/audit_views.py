@@ -57,7 +57,7 @@ def audit_log(request):
         context["rows"] = [
             {
                 "event": event,
-                "actor": names.actor(event),
+                **dict(zip(("actor_name", "actor_email"), names.actor(event), strict=True)),
                 "label": Action.LABELS.get(event.action, event.action),
                 "changes": changes(event.before, event.after, names),
             }
