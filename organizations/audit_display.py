@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.auth import get_user_model
+from django.utils.html import format_html, format_html_join
 
 from .models import Organization, Role
-from .templatetags.portal_time import absolute
+from .templatetags.portal_time import absolute, portal_time
 
 # Every key an action records (organizations, licenses, sessions_app, notifications). A key missing
 # here is shown with its underscores as spaces, so a new one is readable before it is named.
@@ -182,3 +183,32 @@ def _moment(text):
         return datetime.fromisoformat(text)
     except ValueError:
         return None
+
+
+def changes_html(changes):
+    """The changed fields as one <dl>, built here rather than in the template: the audit page
+    shows 50 events of up to a dozen fields, and the template engine's per-variable cost
+    dominated the page. Long records (more than two fields) fold into a <details>."""
+    if not changes:
+        return ""
+    items = format_html_join(
+        "\n", "<dt>{}</dt><dd>{}</dd>", ((change.label, _change_html(change)) for change in changes)
+    )
+    listing = format_html('<dl class="change">{}</dl>', items)
+    if len(changes) <= 2:
+        return listing
+    names = ", ".join(change.label for change in changes[:3]) + (", …" if len(changes) > 3 else "")
+    return format_html(
+        '<details class="change-details"><summary>{} fields: {}</summary>{}</details>', len(changes), names, listing
+    )
+
+
+def _change_html(change):
+    after = format_html("<ins>{}</ins>", _value_html(change.after)) if change.after else "(none)"
+    if not change.before:
+        return after
+    return format_html("<del>{}</del> → {}", _value_html(change.before), after)
+
+
+def _value_html(shown):
+    return portal_time(shown.moment) if shown.moment is not None else shown.text

@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from .audit import Action
-from .audit_display import Names, changes
+from .audit_display import Names, changes, changes_html
 from .audit_forms import AuditFilterForm
 from .csv_stream import streaming_csv_response
 from .htmx import render_filtered
@@ -59,7 +59,7 @@ def audit_log(request):
                 "event": event,
                 **dict(zip(("actor_name", "actor_email"), names.actor(event), strict=True)),
                 "label": Action.LABELS.get(event.action, event.action),
-                "changes": changes(event.before, event.after, names),
+                "changes": changes_html(changes(event.before, event.after, names)),
             }
             for event in events
         ]

@@ -44,14 +44,14 @@ document.addEventListener("htmx:afterSettle", () => {
 
 
 // Live lists ([data-poll], e.g. the online licenses) refetch themselves on a timer and when the
-// tab comes back into view. Not while the tab is hidden (nobody is looking), and not while a
-// field inside has focus (the swap would take the person's input away).
+// tab comes back into view. Not while the tab is hidden (nobody is looking), and not while focus
+// is inside the list (the swap would take a keyboard user's place, or a message being read).
 document.addEventListener("htmx:beforeRequest", (event) => {
   const element = event.detail.elt;
   if (!element.hasAttribute || !element.hasAttribute("data-poll") || event.detail.requestConfig.verb !== "get") return;
   const active = document.activeElement;
-  const typing = active && element.contains(active) && active.matches("input, select, textarea");
-  if (document.hidden || typing) event.preventDefault();
+  const focusInside = active && active !== element && element.contains(active);
+  if (document.hidden || focusInside) event.preventDefault();
 });
 
 // Relative times (<time data-relative>, from the portal_time filter) stay current on a page left

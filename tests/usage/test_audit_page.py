@@ -143,7 +143,7 @@ def test_changes_read_as_named_fields_with_names_and_formatted_moments(
         html = admin_client.get(audit_url(organization)).content.decode()
     assert "<dt>Expires</dt>" in html and "<dt>expires_at</dt>" not in html
     assert '<time datetime="2026-12-08T08:57:59.941197+00:00">2026-12-08 08:57 UTC</time>' in html
-    assert f"<dt>Organization</dt>\n  <dd><ins>{organization.name}</ins></dd>" in html
+    assert f"<dt>Organization</dt><dd><ins>{organization.name}</ins></dd>" in html
     assert f"<ins>{organization.public_id}</ins>" not in html
     assert "<summary>4 fields: Name, Key prefix, Organization, …</summary>" in html
     assert "<dt>Owner</dt>" in html and "<del>Olivia Owner (" in html
