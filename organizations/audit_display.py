@@ -128,12 +128,17 @@ class Names:
         return self.organizations.get(public_id, public_id)
 
 
+# PostgreSQL's jsonb keeps keys in its own order, not the order recorded: fields are listed in
+# FIELD_LABELS' order (what an event is about first), unknown ones last.
+FIELD_ORDER = {key: index for index, key in enumerate(FIELD_LABELS)}
+
+
 def changes(before, after, names):
-    """A Change for each field the event records whose value differs, in the order recorded.
+    """A Change for each field the event records whose value differs, in FIELD_LABELS' order.
     Events that record only an outcome (an invitation, a grant) have just `after`."""
     before = _as_dict(before)
     after = _as_dict(after)
-    keys = list(dict.fromkeys([*before, *after]))
+    keys = sorted({*before, *after}, key=lambda key: (FIELD_ORDER.get(key, len(FIELD_ORDER)), key))
     return [
         Change(field_label(key), _shown(key, before.get(key), names), _shown(key, after.get(key), names))
         for key in keys

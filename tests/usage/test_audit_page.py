@@ -145,7 +145,7 @@ def test_changes_read_as_named_fields_with_names_and_formatted_moments(
     assert '<time datetime="2026-12-08T08:57:59.941197+00:00">2026-12-08 08:57 UTC</time>' in html
     assert f"<dt>Organization</dt><dd><ins>{organization.name}</ins></dd>" in html
     assert f"<ins>{organization.public_id}</ins>" not in html
-    assert "<summary>4 fields: Name, Key prefix, Organization, …</summary>" in html
+    assert "<summary>4 fields: Name, Expires, Key prefix, …</summary>" in html
     assert "<dt>Owner</dt>" in html and "<del>Olivia Owner (" in html
     assert "<dt>Previous owner&#x27;s new role</dt>" in html and "<ins>Admin</ins>" in html
     assert ">Olivia Owner<br>" in html
