@@ -21,6 +21,9 @@ if not DEBUG and SECRET_KEY == DEVELOPMENT_SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# Field limits as data-maxlength, never a maxlength that cuts a pasted value (organizations/limits.py).
+FORM_RENDERER = "organizations.limits.LimitStatingRenderer"
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -73,10 +76,16 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # The engine API is the hot path: keep connections open between requests, and check them
-    # before use so a restarted database costs one failed check, not a 500.
+    # The engine API is the hot path: keep connections open between requests. No health check
+    # before each request's first query: it is a round trip on every request (an engine call is two
+    # now), and it only spares the first request of each worker thread after a database restart,
+    # which the engine API answers 503 with Retry-After (engines retry) and Django then replaces the
+    # broken connection at the end of that request. DATABASE_URL=…?conn_health_checks=true turns it on.
     DATABASES["default"].setdefault("CONN_MAX_AGE", 600)
-    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    _health_checks = DATABASES["default"].get("CONN_HEALTH_CHECKS", False)
+    if isinstance(_health_checks, str):  # django-environ leaves "true" a string, and "false" is truthy
+        _health_checks = _health_checks.strip().lower() in {"true", "1", "yes", "on"}
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = bool(_health_checks)
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     # Behind PgBouncer in transaction pooling, DATABASE_URL ends in ?disable_server_side_cursors=true:
     # a server-side cursor (QuerySet.iterator(), used by the CSV exports) must stay on one server
