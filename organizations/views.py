@@ -1,6 +1,7 @@
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import PasswordResetView
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -12,7 +13,7 @@ from django_htmx.http import HttpResponseClientRefresh
 
 from licenses.models import LicensePool, Product
 
-from . import actions, errors
+from . import actions, errors, throttle
 from .audit import client_ip
 from .confirm import Confirmation, ask_to_confirm
 from .csv_stream import streaming_csv_response
@@ -440,6 +441,9 @@ def invitation_password_link(request, token):
         return refusal_page
     if request.user.is_authenticated:
         return redirect(invitation.get_absolute_url())
+    wait = throttle.password_reset_wait(client_ip(request), invitation.email)
+    if wait:
+        return _accept_page(request, invitation, has_account=True, error=throttle.password_reset_refusal(wait))
     reset = SetFirstPasswordResetForm({"email": invitation.email})
     if reset.is_valid():
         reset.save(
@@ -456,3 +460,20 @@ def invitation_password_link(request, token):
         "Follow it, sign in, and open this invitation again to accept."
     )
     return _accept_page(request, invitation, has_account=True, notice=notice)
+
+
+class ThrottledPasswordResetView(PasswordResetView):
+    """Django's password reset, limited per client address and per email (organizations.throttle). Past
+    a limit the form says so (429) and no mail is sent, whether or not the email has an account."""
+
+    form_class = SetFirstPasswordResetForm
+
+    def form_valid(self, form):
+        wait = throttle.password_reset_wait(client_ip(self.request), form.cleaned_data["email"])
+        if not wait:
+            return super().form_valid(form)
+        form.add_error(None, throttle.password_reset_refusal(wait))
+        response = self.form_invalid(form)
+        response.status_code = 429
+        response["Retry-After"] = str(wait)
+        return response

@@ -21,7 +21,7 @@ from licenses import errors
 from licenses.models import LicensePool
 from organizations.audit import client_ip
 
-from . import actions, hotpath, ratelimit
+from . import actions, hotpath, metrics, ratelimit
 from . import queue as queue_rules
 from .actions import iso
 from .models import API_KEY_PREFIX, hash_api_key
@@ -353,17 +353,27 @@ def activate(request):
     api_key = request.api_key
 
     def decide(on_answer=None):
-        return actions.activate(
-            api_key=api_key,
-            user=api_key.user,
-            ip_address=client_ip(request),
-            on_granted=on_answer,
-            on_queued=on_answer,
-            **fields,
-        )
+        try:
+            result = actions.activate(
+                api_key=api_key,
+                user=api_key.user,
+                ip_address=client_ip(request),
+                on_granted=on_answer,
+                on_queued=on_answer,
+                **fields,
+            )
+        except errors.LicenseRefusal as refusal:
+            metrics.count_activation(refusal.code)
+            raise
+        metrics.count_activation("queued" if isinstance(result, queue_rules.Queued) else "granted")
+        return result
 
     if idempotency_key is None:
-        result = actions.activate_at_once(api_key=api_key, **fields) or decide()
+        result = actions.activate_at_once(api_key=api_key, **fields)
+        if result is not None:
+            metrics.count_activation("granted")
+        else:
+            result = decide()
         return _activation_response(*_answer(result))
 
     claim = actions.claim_idempotency_key(
