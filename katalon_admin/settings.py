@@ -78,6 +78,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "organizations.context_processors.organizations",
             ],
+            # One time format on every page (organizations/templatetags/portal_time.py).
+            "builtins": ["organizations.templatetags.portal_time"],
         },
     },
 ]

@@ -12,6 +12,8 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import reswap, retarget
@@ -45,11 +47,23 @@ def licenses(request):
     return render(request, "licenses/no_pools.html")
 
 
+# Sections a page may fetch again on its own: the live sessions refresh themselves every 45 s.
+REFRESHABLE_SECTIONS = {"sessions"}
+
+
 @require_GET
 @org_member_required
 def product_page(request, product):
     pool = _pool_or_404(request, product)
-    return render(request, TEMPLATE, _context(request, pool))
+    section = request.GET.get("section")
+    if request.htmx and section in REFRESHABLE_SECTIONS and request.membership.can_manage:
+        context = _context(request, pool, sections={section})
+        response = render(request, f"{TEMPLATE}#{section}", context)
+    else:
+        response = render(request, TEMPLATE, _context(request, pool))
+    # The same address answers with the page or, for htmx, one section: caches keep them apart.
+    patch_vary_headers(response, ["HX-Request"])
+    return response
 
 
 @require_GET
@@ -430,6 +444,7 @@ def _context(request, pool, *, sections=None, extra=None):
     if everything or "sessions" in wanted:
         live = pool.sessions.live().select_related("user", "machine").order_by("-started_at", "-id")
         context["sessions"] = _paginate(live, params, "sessions_page")
+        context["refreshed_at"] = timezone.now()
     if everything or "machines" in wanted:
         # Counted per listed machine by a subquery (PostgreSQL runs it for the page's rows only, on
         # the (machine, ended_at) index): a COUNT over a join of every registered machine with every
