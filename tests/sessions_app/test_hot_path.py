@@ -4,15 +4,19 @@ does. On PostgreSQL a granted RE activation, a heartbeat of a live session and a
 statement after the key's lookup; SQLite takes the general path (actions.py) for all of them."""
 
 import json
+import threading
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from licenses.models import LicensePool
 from sessions_app import hotpath
 from sessions_app.models import EngineSession, Machine
 from tests import factories
 
+from .conftest import Engine
 from .test_queue import poll
 
 
@@ -107,3 +111,33 @@ def test_a_granted_activation_answers_and_writes_what_the_general_path_does(engi
         answer["usage"]["sessions"]["used"] -= 2
         answer["usage"]["machines"]["used"] -= 1
     assert hot == general
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_granted_activation_waits_for_the_pools_lock_and_counts_what_committed_meanwhile(api_key, re_pool):
+    """The one-statement activation takes the pool's row lock like every other change of the pool:
+    while another transaction holds it (here: one granting the last license) the activation waits,
+    and once that commits it counts the license taken and refuses. Without the lock it would grant a
+    second license of a quota of one."""
+    re_pool.quota = 1
+    re_pool.machine_quota = 10
+    re_pool.save()
+    answers = []
+
+    def activate():
+        try:
+            answers.append(Engine(Client(), api_key.raw_key).activate(machine_id="waiting").status_code)
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        LicensePool.objects.select_for_update().get(pk=re_pool.pk)
+        factories.EngineSessionFactory(pool=re_pool)  # the license this transaction grants
+        waiting = threading.Thread(target=activate)
+        waiting.start()
+        waiting.join(timeout=1.5)
+        assert waiting.is_alive(), f"the activation did not wait for the pool's lock: {answers}"
+    waiting.join(timeout=30)
+    assert answers == [409]
+    assert EngineSession.objects.filter(pool=re_pool, ended_at__isnull=True).count() == 1
