@@ -573,7 +573,9 @@ class LicenseRules(RuleBasedStateMachine):
         return body
 
     def pick(self, items, index):
-        items = sorted(items)
+        """One of `items`, by a drawn index. Sessions and tickets in the order they came (their ids are
+        random, so sorting them would make a run unrepeatable); sets sorted."""
+        items = list(items) if isinstance(items, dict | list) else sorted(items)
         return items[index % len(items)]
 
     def sessions_in(self, *states):
