@@ -1,3 +1,5 @@
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -10,7 +12,7 @@ from licenses import errors
 from organizations.audit import client_ip
 
 from . import actions
-from .forms import ApiKeyForm, CommandForm
+from .forms import KEY_PLACEHOLDER, ApiKeyForm, CommandForm
 from .models import ApiKey
 
 KEYS_PER_PAGE = 25
@@ -75,40 +77,55 @@ def _command_form(request, data):
     # so a first visit shows the defaults instead of "required" errors.
     form = CommandForm(data if "browser" in data else None, user=request.user)
     if not form.is_bound:
-        try:
-            # The field's own lookup, which turns a value the database refuses (a NUL) into "no such".
-            chosen = form.fields["org"].to_python(data.get("org"))
-        except ValidationError:
-            chosen = None
-        form.initial["org"] = chosen or form.fields["org"].queryset.first()
+        form.initial["org"] = _organization_named(form, data.get("org")) or form.fields["org"].queryset.first()
     return form
 
 
+def _organization_named(form, public_id):
+    """One of the form's organizations, or None; the field's own lookup turns a value the database
+    refuses (a NUL) into "no such"."""
+    try:
+        return form.fields["org"].to_python(public_id)
+    except ValidationError:
+        return None
+
+
 def _current_values(form):
-    """The choices the command was made from, carried by the create-a-key form."""
-    organization = form.value("org")
-    values = {
-        "org": organization.public_id if organization else "",
-        "project_path": form.value("project_path"),
-        "test_suite_path": form.value("test_suite_path"),
-        "browser": form.value("browser"),
-        "retry": form.value("retry"),
-    }
-    if form.value("release_previous"):
-        values["release_previous"] = "on"
-    return values
+    """The choices as submitted (valid or not), carried by the create-a-key form so that without
+    JavaScript the page comes back as the person left it."""
+    values = {name: form[name].value() for name in ("project_path", "test_suite_path", "browser", "retry", "wait")}
+    # Only an organization of the person's own is carried, never whatever id was sent.
+    if form.is_bound:
+        form.is_valid()  # cleaned_data then holds each field that is valid on its own
+        organization = form.cleaned_data.get("org")
+    else:
+        organization = form.initial.get("org")
+    values["org"] = organization.public_id if organization else ""
+    for flag in ("release_previous", "ephemeral"):
+        if form[flag].value():
+            values[flag] = "on"
+    return {name: "" if value is None else value for name, value in values.items()}
 
 
 def _render_command(request, form, *, created=None, raw_key=None):
+    server_url = request.build_absolute_uri("/").rstrip("/")
+    commands = form.commands(server_url=server_url, raw_key=raw_key)
+    current = _current_values(form)
     context = {
         "form": form,
         "has_organizations": form.fields["org"].queryset.exists(),
-        "command": form.command(server_url=request.build_absolute_uri("/").rstrip("/"), raw_key=raw_key),
+        "commands": commands,
+        "command": commands and commands["plain"],
         "created": created,
         "raw_key": raw_key,
-        "current": _current_values(form),
+        "current": current,
+        "current_query": urlencode(current),
+        "server_url": server_url,
+        "key_placeholder": KEY_PLACEHOLDER,
     }
-    template = "sessions_app/command_generator.html#output" if request.htmx else "sessions_app/command_generator.html"
+    template = "sessions_app/command_generator.html"
+    if request.htmx:
+        template += "#new_key"
     return render(request, template, context)
 
 
@@ -118,19 +135,30 @@ def command_generator(request):
     return _render_command(request, _command_form(request, request.GET))
 
 
+def _distinct_key_name(user, organization):
+    """Each key the generator makes gets a name of its own, so the API keys page tells them apart."""
+    # Organization names may be twice as long as a key's name; the date keeps the key recognisable.
+    base = f"katalonc for {organization.name[:60]} ({timezone.now():%Y-%m-%d %H:%M})"
+    taken = set(user.api_keys.filter(name__startswith=base).values_list("name", flat=True))
+    name, number = base, 1
+    while name in taken:
+        number += 1
+        name = f"{base} #{number}"
+    return name
+
+
 @login_required
 @require_POST
 def command_generator_key(request):
-    """A fresh key restricted to the chosen organization, put into the command and shown once."""
+    """A fresh key restricted to the chosen organization, put into the commands and shown once."""
     form = _command_form(request, request.POST)
-    organization = form.value("org")
+    # Only the organization matters for the key; the other fields may still be mid-edit.
+    organization = _organization_named(form, request.POST.get("org"))
     if organization is None:
         return _render_command(request, form)
-    # Organization names may be twice as long as a key's name; the date keeps the key recognisable.
-    name = f"katalonc for {organization.name[:60]} ({timezone.now():%Y-%m-%d %H:%M})"
     api_key, raw_key = actions.create_api_key(
         user=request.user,
-        name=name,
+        name=_distinct_key_name(request.user, organization),
         organization=organization,
         actor=request.user,
         ip_address=client_ip(request),

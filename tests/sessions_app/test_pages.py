@@ -14,6 +14,19 @@ from tests import factories
 from .conftest import Engine
 
 
+def choices(organization, **changes):
+    """What the generator's form submits, with every field filled in as a person leaves it."""
+    values = {
+        "org": organization.public_id,
+        "project_path": "/builds/qa/project.prj",
+        "test_suite_path": "Test Suites/Smoke",
+        "browser": "Chrome",
+        "retry": "0",
+        "wait": "",
+    }
+    return {**values, **changes}
+
+
 def created_key(response):
     html = response.content.decode()
     start = html.index('id="new-api-key">') + len('id="new-api-key">')
@@ -194,8 +207,9 @@ def test_only_organizations_with_runtime_engine_are_offered(member_client, membe
     foreign = factories.LicensePoolFactory(organization=factories.OrganizationFactory(name="Strangers"))
     form = member_client.get("/command-generator/").context["form"]
     assert list(form.fields["org"].queryset) == [organization]
-    response = member_client.get("/command-generator/", {"org": foreign.organization.public_id, "browser": "Chrome"})
-    assert foreign.organization.public_id not in response.context["command"]
+    response = member_client.get("/command-generator/", choices(foreign.organization))
+    assert foreign.organization.public_id not in response.content.decode()
+    assert "Select a valid choice" in response.content.decode()
 
 
 def test_a_person_without_runtime_engine_is_told_so(member_client, organization):
@@ -206,35 +220,80 @@ def test_a_person_without_runtime_engine_is_told_so(member_client, organization)
     )
 
 
-def test_htmx_updates_answer_the_command_only(member_client, organization, re_pool):
-    """As the person types, htmx gets the command fragment only."""
-    html = member_client.get(
-        "/command-generator/",
-        {"org": organization.public_id, "browser": "Safari", "retry": "1"},
-        headers={"HX-Request": "true"},
-    ).content.decode()
-    assert html.lstrip().startswith('<section id="command-output"')
-    assert "-browserType=&quot;Safari&quot;" in html
-
-
-def test_a_bad_retry_count_is_explained_and_the_command_stays_whole(member_client, organization, re_pool):
-    """A negative retry count is named beside the command, which keeps the default."""
+def test_the_wrapped_command_runs_the_same_katalonc_inside_katalon_license(member_client, organization, re_pool):
+    """The wrapped form keeps the key out of the command line and adds the client's own options."""
     response = member_client.get(
-        "/command-generator/", {"org": organization.public_id, "browser": "Chrome", "retry": "-1"}
+        "/command-generator/",
+        choices(organization, release_previous="on", ephemeral="on", wait="1h30m", browser="Firefox"),
     )
-    assert "Retries: Ensure this value is greater than or equal to 0." in response.content.decode()
-    assert "-retry=0" in response.context["command"]
+    *exports, run = response.context["commands"]["wrapped"].split("\n")
+    assert exports == ['export KATALON_ADMIN_URL="http://testserver"', "export KATALON_API_KEY='<your-api-key>'"]
+    words = shlex.split(run)
+    separator = words.index("--")
+    assert words[:separator] == [
+        "katalon-license", "run", "--org", organization.public_id, "--ephemeral", "--release-previous",
+        "--wait", "1h30m",
+    ]  # fmt: skip
+    assert words[separator + 1 :] == [
+        "katalonc", "-noSplash", "-runMode=console", "-projectPath=/builds/qa/project.prj", "-retry=0",
+        "-testSuitePath=Test Suites/Smoke", "-browserType=Firefox",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("retry", "-5", "Retries must be a whole number from 0 to 100."),
+        ("retry", "", "Retries must be a whole number from 0 to 100."),
+        ("project_path", "", "Enter the project path (up to 1000 characters)."),
+        ("project_path", "p" * 1001, "Enter the project path (up to 1000 characters)."),
+        ("test_suite_path", "", "Enter the test suite path (up to 1000 characters)."),
+        ("wait", "soon", "Write the wait like 90s, 30m, 2h or 1h30m"),
+    ],
+)
+def test_an_invalid_choice_is_named_beside_its_field_and_no_command_is_offered(
+    member_client, organization, re_pool, field, value, message
+):
+    """A command quietly corrected (retries -5 shown as -retry=0, an empty path as a placeholder)
+    would run something else than what was asked; the field says what is wrong instead."""
+    response = member_client.get("/command-generator/", choices(organization, **{field: value}))
+    html = response.content.decode()
+    assert response.context["commands"] is None
+    error_at = html.index(f'id="id_{field}_error"')
+    assert message in html[error_at : error_at + 300]
+    assert "Fix the fields marked above to see the commands." in html
+    assert "-retry=0" not in html
 
 
 def test_a_fresh_key_goes_into_the_command_and_works(client, member_client, member_user, organization, re_pool):
     """Creating a key from the generator puts it in the command, restricted to that organization."""
-    response = member_client.post(
-        "/command-generator/key/", {"org": organization.public_id, "browser": "Chrome", "retry": "0"}
-    )
+    response = member_client.post("/command-generator/key/", choices(organization))
     arguments = dict(part.split("=", 1) for part in shlex.split(response.context["command"])[3:])
     raw_key = arguments["-apiKey"]
     assert ApiKey.objects.get(key_hash=hash_api_key(raw_key)).organization == organization
+    assert f"export KATALON_API_KEY={raw_key}" in response.context["commands"]["wrapped"]
     assert Engine(client, raw_key).activate(org_id=arguments["-orgID"]).status_code == 201
+
+
+def test_each_fresh_key_has_a_name_of_its_own(member_client, member_user, organization, re_pool):
+    """Keys made in the same minute are told apart on the API keys page."""
+    for _ in range(3):
+        member_client.post("/command-generator/key/", choices(organization), headers={"HX-Request": "true"})
+    names = sorted(ApiKey.objects.filter(user=member_user).values_list("name", flat=True))
+    assert len(set(names)) == 3
+    assert all(name.startswith("katalonc for Acme QA (") for name in names)
+
+
+def test_htmx_gets_the_new_key_panel_only(member_client, organization, re_pool):
+    """In the browser the commands are built by the page; a created key comes back as its panel,
+    which the page keeps until it is dismissed."""
+    html = member_client.post(
+        "/command-generator/key/", choices(organization, retry="-1"), headers={"HX-Request": "true"}
+    ).content.decode()
+    api_key = ApiKey.objects.get()
+    assert html.lstrip().startswith('<section class="new-key"')
+    assert f'data-org="{organization.public_id}"' in html
+    assert api_key.name in html and "<form" not in html
 
 
 def test_a_fresh_key_for_an_organization_with_a_long_name(member_client, member_user):
@@ -242,7 +301,7 @@ def test_a_fresh_key_for_an_organization_with_a_long_name(member_client, member_
     organization = factories.OrganizationFactory(name="Q" * 200)
     factories.MembershipFactory(organization=organization, user=member_user)
     factories.LicensePoolFactory(organization=organization, product="RE")
-    response = member_client.post("/command-generator/key/", {"org": organization.public_id, "browser": "Chrome"})
+    response = member_client.post("/command-generator/key/", choices(organization))
     assert response.status_code == 200
     api_key = ApiKey.objects.get()
     assert api_key.organization == organization
