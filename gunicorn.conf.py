@@ -21,3 +21,23 @@ keepalive = 5
 preload_app = True
 timeout = 30
 graceful_timeout = 30
+
+# Prometheus metrics across workers (README, Production): with PROMETHEUS_MULTIPROC_DIR set, each worker
+# counts in files of its own there and /metrics sums them. Files left by an earlier run would carry its
+# counts over, so the directory is emptied when the server starts, and a dead worker's files are marked.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
+def on_starting(server):
+    if _metrics_dir:
+        os.makedirs(_metrics_dir, exist_ok=True)
+        for name in os.listdir(_metrics_dir):
+            if name.endswith(".db"):
+                os.remove(os.path.join(_metrics_dir, name))
+
+
+def child_exit(server, worker):
+    if _metrics_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -1,5 +1,6 @@
 """Settings for the portal: one module, every knob an environment variable (contract/operations.md)."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -21,6 +22,9 @@ if not DEBUG and SECRET_KEY == DEVELOPMENT_SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# Field limits as data-maxlength, never a maxlength that cuts a pasted value (organizations/limits.py).
+FORM_RENDERER = "organizations.limits.LimitStatingRenderer"
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -31,6 +35,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "django_tasks_db",
+    "axes",
     "organizations",
     "licenses",
     "sessions_app",
@@ -38,6 +43,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz and /metrics, answered before the host check and the HTTPS redirect (load balancers and
+    # Prometheus ask by address over plain HTTP) and left out of the request metrics.
+    "katalon_admin.operations.OperationsEndpointsMiddleware",
+    # Request counts and latencies by view (django-prometheus): the clock starts here...
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -48,6 +58,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # ...and the view, status and latency are labelled here, outside axes so its 429 is what is counted.
+    "katalon_admin.operations.RequestMetricsMiddleware",
+    # Last, so that it sees a sign-in that axes refused and answers with the sign-in page saying so.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "katalon_admin.urls"
@@ -71,10 +85,16 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # The engine API is the hot path: keep connections open between requests, and check them
-    # before use so a restarted database costs one failed check, not a 500.
+    # The engine API is the hot path: keep connections open between requests. No health check
+    # before each request's first query: it is a round trip on every request (an engine call is two
+    # now), and it only spares the first request of each worker thread after a database restart,
+    # which the engine API answers 503 with Retry-After (engines retry) and Django then replaces the
+    # broken connection at the end of that request. DATABASE_URL=…?conn_health_checks=true turns it on.
     DATABASES["default"].setdefault("CONN_MAX_AGE", 600)
-    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    _health_checks = DATABASES["default"].get("CONN_HEALTH_CHECKS", False)
+    if isinstance(_health_checks, str):  # django-environ leaves "true" a string, and "false" is truthy
+        _health_checks = _health_checks.strip().lower() in {"true", "1", "yes", "on"}
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = bool(_health_checks)
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     # Behind PgBouncer in transaction pooling, DATABASE_URL ends in ?disable_server_side_cursors=true:
     # a server-side cursor (QuerySet.iterator(), used by the CSV exports) must stay on one server
@@ -101,12 +121,10 @@ if "redis" in CACHES["default"]["BACKEND"].lower():
     CACHES["default"]["OPTIONS"].setdefault("socket_timeout", 0.5)
 
 
-def _limit(name, default):
+def _limit(name, default, unit="requests per minute"):
     value = env(name, default=str(default)).strip()
     if not value.isdigit():
-        raise ImproperlyConfigured(
-            f"{name} must be 0 (off) or a positive number of requests per minute, not {value!r}."
-        )
+        raise ImproperlyConfigured(f"{name} must be 0 (off) or a positive number of {unit}, not {value!r}.")
     return int(value)
 
 
@@ -116,6 +134,42 @@ def _limit(name, default):
 
 API_RATE_LIMIT = _limit("API_RATE_LIMIT", 12_000)
 API_AUTH_FAILURE_LIMIT = _limit("API_AUTH_FAILURE_LIMIT", 60)
+
+# GET /metrics (katalon_admin.operations) answers only `Authorization: Bearer <METRICS_TOKEN>`; without a
+# token it is off (404) unless DEBUG, so a production portal never shows its internals by default.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
+# Sign-in throttling (django-axes, organizations.throttle): SIGN_IN_FAILURE_LIMIT failed sign-ins for one
+# account, or from one client address, lock that account or address out of signing in for
+# SIGN_IN_LOCKOUT_MINUTES. Failures are kept in the database (axes' AccessAttempt), so every process and
+# host sees the same count without a shared cache. Either at 0 turns the lockout off.
+SIGN_IN_FAILURE_LIMIT = _limit("SIGN_IN_FAILURE_LIMIT", 5, unit="failed sign-ins")
+SIGN_IN_LOCKOUT_MINUTES = _limit("SIGN_IN_LOCKOUT_MINUTES", 15, unit="minutes")
+AXES_ENABLED = SIGN_IN_FAILURE_LIMIT > 0 and SIGN_IN_LOCKOUT_MINUTES > 0
+AXES_FAILURE_LIMIT = SIGN_IN_FAILURE_LIMIT
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one alone locks
+AXES_COOLOFF_TIME = timedelta(minutes=SIGN_IN_LOCKOUT_MINUTES)
+# A lockout lasts its minutes from the failure that caused it: attempts refused meanwhile neither extend
+# it (so guessing cannot keep a person out for good) nor count.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A success forgives only the account's own failures from that address (organizations.throttle); axes' own
+# reset would also wipe the address's count, letting anyone with one valid account reset their guessing.
+AXES_RESET_ON_SUCCESS = False
+AXES_CLIENT_IP_CALLABLE = "organizations.audit.client_ip"  # the proxy-aware address the audit log uses
+AXES_USERNAME_CALLABLE = "organizations.throttle.attempted_email"
+AXES_LOCKOUT_CALLABLE = "organizations.throttle.lockout_response"
+AXES_DISABLE_ACCESS_LOG = True  # sign-ins that succeed need no row each; the audit log records what matters
+AXES_VERBOSE = False
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out account or address before any check
+    "django.contrib.auth.backends.ModelBackend",
+]
+
+# Password-reset mails, per hour (organizations.throttle, counted in Django's cache like the API's limits):
+# requests from one client address, and requests naming one email address. Past either the form says so
+# and sends nothing, the same whether or not the address has an account. 0 turns one off.
+PASSWORD_RESET_LIMIT_PER_ADDRESS = _limit("PASSWORD_RESET_LIMIT_PER_ADDRESS", 10, unit="requests per hour")
+PASSWORD_RESET_LIMIT_PER_EMAIL = _limit("PASSWORD_RESET_LIMIT_PER_EMAIL", 3, unit="requests per hour")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "organizations.User"

@@ -73,7 +73,7 @@ class OfflineLicenseForm(forms.Form):
                 code="invalid_machine_id",
             )
         ],
-        help_text="As Katalon shows it on the machine that will use the license.",
+        help_text="Up to 128 characters, as Katalon shows it on the machine that will use the license.",
     )
     expires_on = forms.DateField(
         label="Expires on",
@@ -97,6 +97,18 @@ class OfflineLicenseForm(forms.Form):
                 "Use 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' or '-'.", code="invalid_machine_id"
             )
         return machine_id
+
+    def clean_expires_on(self):
+        # The action refuses this too, under the pool's lock; here it is refused before the
+        # confirmation asks about a license that could not be made.
+        day = self.cleaned_data["expires_on"]
+        if day > self.pool.expires_at.astimezone(UTC).date():
+            raise forms.ValidationError(
+                f"An offline license cannot outlast the subscription, which ends on "
+                f"{self.pool.expires_at:%Y-%m-%d %H:%M} UTC.",
+                code="after_subscription",
+            )
+        return day
 
     @property
     def expires_at(self):

@@ -4,12 +4,13 @@ from collections import defaultdict
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods
 
 from organizations.audit import client_ip
+from organizations.confirm import Confirmation, ask_to_confirm
 from organizations.csv_stream import streaming_csv_response
 from organizations.htmx import render_filtered
 from organizations.models import Membership
@@ -257,9 +258,29 @@ def my_licenses(request):
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def end_my_session(request, session_id):
-    """A person ends one of their own sessions (reason `released`), as `katalonc -licenseRelease` would."""
+    """A person ends one of their own sessions (reason `released`), as `katalonc -licenseRelease` would.
+    GET asks first."""
+    if request.method == "GET":
+        session = get_object_or_404(
+            EngineSession.objects.live().filter(user=request.user).select_related("machine", "pool"),
+            public_id=session_id,
+        )
+        return ask_to_confirm(
+            request,
+            Confirmation(
+                title="End this session?",
+                consequence=(
+                    f"Your {session.pool.product} engine on {session.machine.machine_id} loses its license at once "
+                    "and stops at its next heartbeat."
+                ),
+                button="End session",
+                action_url=request.path,
+                cancel_url=reverse("my_licenses"),
+                hx_target="#my-licenses",
+            ),
+        )
     refusal = None
     try:
         release_session(user=request.user, session_id=session_id, ip_address=client_ip(request), by_person=True)

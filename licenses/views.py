@@ -1,6 +1,7 @@
 """The Licenses pages: one tab per product. Every write is one action; with htmx the changed section
 comes back with the subscription figures out-of-band, without it a plain post and redirect."""
 
+from datetime import UTC, timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from django.contrib import messages
@@ -10,10 +11,12 @@ from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils.http import content_disposition_header
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from organizations.audit import client_ip
+from organizations.confirm import Confirmation, ask_to_confirm
 from organizations.models import Membership
 from organizations.permissions import org_manager_required, org_member_required
 from sessions_app.models import EngineSession, Machine
@@ -72,12 +75,31 @@ def grant(request, product):
     )
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @org_manager_required
 def revoke(request, product):
+    """GET asks first (naming whose licenses go); POST withdraws them."""
     pool = _pool_or_404(request, product, kse_only=True)
-    form = RevokeForm(request.POST, pool=pool)
+    form = RevokeForm(request.POST if request.method == "POST" else request.GET, pool=pool)
     refusal = notice = None
+    if request.method == "GET" and form.is_valid():
+        users = sorted(form.cleaned_data["users"], key=lambda user: (user.name, user.email))
+        names = [user.display_name for user in users]
+        return ask_to_confirm(
+            request,
+            Confirmation(
+                title="Withdraw " + ("this license?" if len(users) == 1 else f"{len(users)} licenses?"),
+                consequence=(
+                    f"{_join_names(names)} will no longer be licensed for Katalon Studio Enterprise: "
+                    "a session they run now ends at once, and each license becomes available."
+                ),
+                button="Withdraw license" if len(users) == 1 else f"Withdraw {len(users)} licenses",
+                action_url=reverse("licenses_revoke", args=[request.organization.public_id, pool.product]),
+                cancel_url=_product_url(request, pool),
+                hx_target="#licensed-users",
+                hidden=[("users", str(user.pk)) for user in users],
+            ),
+        )
     if form.is_valid():
         seats = actions.revoke_licenses(
             pool=pool, users=form.cleaned_data["users"], actor=request.user, ip_address=client_ip(request)
@@ -89,20 +111,41 @@ def revoke(request, product):
     if refusal is None and not request.htmx:
         messages.success(request, notice)
         return redirect("licenses_product", request.organization.public_id, pool.product)
-    return _respond(
+    response = _respond(
         request,
         pool,
         "licensed_users",
         oob=("subscription", "sessions", "machines"),
         extra={"revoke_refusal": refusal, "seats_notice": notice},
     )
+    if request.htmx and request.method == "GET":
+        # Asked from a button that targets the dialog: the refusal belongs beside the list.
+        response["HX-Retarget"] = "#licensed-users"
+        response["HX-Reswap"] = "outerHTML"
+    return response
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @org_manager_required
 def end_session(request, product, session_id):
+    """GET asks first; POST ends the session."""
     pool = _pool_or_404(request, product)
-    session = get_object_or_404(pool.sessions.select_related("machine"), public_id=session_id)
+    session = get_object_or_404(pool.sessions.select_related("machine", "user"), public_id=session_id)
+    if request.method == "GET":
+        return ask_to_confirm(
+            request,
+            Confirmation(
+                title="End this session?",
+                consequence=(
+                    f"The {pool.product} engine of {session.user.display_name} on {session.machine.machine_id} "
+                    "loses its license at once; it is told at its next heartbeat and the license is free for others."
+                ),
+                button="End session",
+                action_url=request.path,
+                cancel_url=_product_url(request, pool),
+                hx_target="#online-licenses",
+            ),
+        )
     ended = actions.withdraw_session(
         organization=request.organization, session=session, actor=request.user, ip_address=client_ip(request)
     )
@@ -136,11 +179,31 @@ def remove_from_line(request, product, ticket_id):
     return _respond(request, pool, "line", extra={"line_notice": notice})
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @org_manager_required
 def deactivate(request, product, machine_pk):
+    """GET asks first; POST deactivates the machine."""
     pool = _pool_or_404(request, product)
     machine = get_object_or_404(pool.machines.all(), pk=machine_pk)
+    if request.method == "GET":
+        live = EngineSession.objects.live().filter(machine=machine).count()
+        sessions = {0: "it runs no session now", 1: "its live session ends at once"}.get(
+            live, f"its {live} live sessions end at once"
+        )
+        return ask_to_confirm(
+            request,
+            Confirmation(
+                title="Deactivate this machine?",
+                consequence=(
+                    f"{machine.machine_id} leaves the registered machines: {sessions}, and its machine slot "
+                    "is freed. It registers again the next time an engine activates on it."
+                ),
+                button="Deactivate machine",
+                action_url=request.path,
+                cancel_url=_product_url(request, pool),
+                hx_target="#machines",
+            ),
+        )
     deactivated = actions.deactivate_machine(machine=machine, actor=request.user, ip_address=client_ip(request))
     if deactivated:
         notice = f"Deactivated {machine.machine_id}; its sessions ended and its machine slot is free."
@@ -155,9 +218,14 @@ def deactivate(request, product, machine_pk):
 @require_POST
 @org_manager_required
 def create_offline(request, product):
+    """Two posts: the form's asks first, spelling out the cost (a license until it expires, for
+    good); the confirmation's, which carries `confirmed`, creates. The action checks the quota again
+    then, under the pool's lock."""
     pool = _pool_or_404(request, product)
     form = OfflineLicenseForm(request.POST, pool=pool)
     refusal = created = None
+    if form.is_valid() and not request.POST.get("confirmed"):
+        return ask_to_confirm(request, _offline_confirmation(request, pool, form))
     if form.is_valid():
         try:
             created = actions.create_offline_license(
@@ -176,6 +244,43 @@ def create_offline(request, product):
     if created is None:
         extra["offline_form"] = form
     return _respond(request, pool, "offline", oob=("subscription",), extra=extra)
+
+
+def _offline_confirmation(request, pool, form):
+    usage = pool.usage()
+    expires_at = form.expires_at.astimezone(UTC)
+    # The last instant of the chosen day reads as that day: 31 Dec 2026, not 1 Jan 2027 00:00.
+    last_day = (expires_at - timedelta(microseconds=1)).date()
+    machine_id = form.cleaned_data["machine_id"]
+    return Confirmation(
+        title="Create an offline license?",
+        consequence=(
+            f"It takes 1 of {usage.quota} {pool.product} licenses until {last_day.day} {last_day:%b %Y} (UTC), "
+            "and cannot be revoked."
+        ),
+        details=[
+            f"For the machine {machine_id} only.",
+            f"Available now: {usage.available} of {usage.quota}; after this: {max(usage.available - 1, 0)}.",
+        ],
+        button="Create offline license",
+        danger=False,
+        action_url=reverse("licenses_offline_create", args=[request.organization.public_id, pool.product]),
+        cancel_url=_product_url(request, pool),
+        hx_target="#offline-licenses",
+        hidden=[
+            ("machine_id", machine_id),
+            ("expires_on", form.cleaned_data["expires_on"].isoformat()),
+            ("confirmed", "yes"),
+        ],
+    )
+
+
+def _product_url(request, pool):
+    return reverse("licenses_product", args=[request.organization.public_id, pool.product])
+
+
+def _join_names(names):
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 @require_GET

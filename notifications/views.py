@@ -10,10 +10,12 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
 from organizations.audit import client_ip
+from organizations.confirm import Confirmation, ask_to_confirm
+from organizations.limits import shorten
 from organizations.permissions import org_manager_required
 
 from . import actions
@@ -175,14 +177,27 @@ def set_enabled(request, endpoint_id, enabled):
     return _done(request, endpoint, notice, "settings")
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @org_manager_required
 def delete_endpoint(request, endpoint_id):
+    """GET asks first (hx-confirm asked only with JavaScript on); POST deletes."""
     endpoint = _endpoint_or_404(request, endpoint_id)
+    if request.method == "GET":
+        return ask_to_confirm(
+            request,
+            Confirmation(
+                title="Delete this endpoint?",
+                consequence=f"{shorten(endpoint.url)} gets no more events, and its delivery log is deleted with it.",
+                button="Delete endpoint",
+                action_url=request.path,
+                cancel_url=reverse("notifications_endpoint", args=[request.organization.public_id, endpoint.pk]),
+                hx_target="#main",
+            ),
+        )
     actions.delete_endpoint(
         organization=request.organization, actor=request.user, endpoint_id=endpoint.pk, ip_address=client_ip(request)
     )
-    messages.success(request, f"Deleted the endpoint {endpoint.url}.")
+    messages.success(request, f"Deleted the endpoint {shorten(endpoint.url)}.")
     # A deleted endpoint has no page to stay on, with htmx or without.
     if request.htmx:
         return HttpResponseClientRedirect(reverse("notifications", args=[request.organization.public_id]))

@@ -42,6 +42,7 @@ class Action:
     WEBHOOK_CHANGED = "webhook.changed"
     WEBHOOK_SECRET_ROLLED = "webhook.secret_rolled"
     WEBHOOK_DELETED = "webhook.deleted"
+    SIGN_IN_LOCKED_OUT = "sign_in.locked_out"
 
     LABELS = {
         ORGANIZATION_CREATED: "Created the organization",
@@ -68,6 +69,7 @@ class Action:
         WEBHOOK_CHANGED: "Changed a webhook endpoint",
         WEBHOOK_SECRET_ROLLED: "Rolled a webhook signing secret",
         WEBHOOK_DELETED: "Deleted a webhook endpoint",
+        SIGN_IN_LOCKED_OUT: "Sign-in locked out after failed attempts",
     }
 
     @classmethod

@@ -6,6 +6,7 @@ from django.contrib.auth.forms import AdminUserCreationForm, PasswordResetForm, 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
+from .limits import shorten
 from .models import Invitation, Membership, Role
 
 MAX_INVITATIONS_AT_ONCE = 100
@@ -15,6 +16,8 @@ EMAIL_SEPARATORS = re.compile(r"[\s,;]+")
 class InviteForm(forms.Form):
     emails = forms.CharField(
         label="Email addresses",
+        # Room for the most addresses at once, each as long as an address can be, with separators.
+        max_length=MAX_INVITATIONS_AT_ONCE * (254 + 2),
         widget=forms.Textarea(attrs={"rows": 3}),
         help_text="One or more, separated by commas, spaces or new lines.",
     )
@@ -42,7 +45,10 @@ class InviteForm(forms.Form):
                     invalid.append(email)
         if invalid:
             raise ValidationError(
-                [ValidationError(f"{email} is not a valid email address.", code="invalid") for email in invalid]
+                [
+                    ValidationError(f"{shorten(email)} is not a valid email address.", code="invalid")
+                    for email in invalid
+                ]
             )
         return emails
 
@@ -52,14 +58,38 @@ class RoleForm(forms.Form):
 
 
 class TransferOwnershipForm(forms.Form):
-    """The successor is named by email: typing it is the confirmation, and the page needs no list
-    of every member."""
+    """The successor is named by email, so the page needs no list of every member. Handing the
+    organization on cannot be undone by the one who does it, so it asks what GitHub asks before a
+    dangerous setting: the organization's name typed out, and the owner's own password (a session
+    left open on someone else's screen is not enough)."""
 
-    email = forms.EmailField(label="New owner's email")
+    email = forms.EmailField(label="New owner's email", max_length=254)
+    organization_name = forms.CharField(label="Type the organization's name to confirm", max_length=200, strip=False)
+    password = forms.CharField(
+        label="Your password",
+        strip=False,
+        max_length=4096,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
 
-    def __init__(self, *args, organization, **kwargs):
+    def __init__(self, *args, organization, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.organization = organization
+        self.user = user
+
+    def clean_organization_name(self):
+        typed = self.cleaned_data["organization_name"]
+        if typed.strip() != self.organization.name:
+            raise ValidationError(
+                f"Type the organization's name, {self.organization.name}, exactly as shown.", code="name_mismatch"
+            )
+        return typed
+
+    def clean_password(self):
+        password = self.cleaned_data["password"]
+        if not self.user.check_password(password):
+            raise ValidationError("That is not your password.", code="wrong_password")
+        return password
 
     def clean_email(self):
         email = self.cleaned_data["email"]
@@ -70,7 +100,7 @@ class TransferOwnershipForm(forms.Form):
             .first()
         )
         if membership is None:
-            raise ValidationError(f"{email} is not an active member of this organization.", code="not_member")
+            raise ValidationError(f"{shorten(email)} is not an active member of this organization.", code="not_member")
         if membership.role == Role.OWNER:
             raise ValidationError("You are already the owner.", code="already_owner")
         self.cleaned_data["membership"] = membership

@@ -2,7 +2,6 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from . import views
-from .forms import SetFirstPasswordResetForm
 
 member_urls = [
     path("", views.members, name="members"),
@@ -22,11 +21,7 @@ urlpatterns = [
     path("invitations/<slug:token>/", views.accept_invitation, name="accept_invitation"),
     path("invitations/<slug:token>/set-password/", views.invitation_password_link, name="invitation_password_link"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
-    path(
-        "accounts/password_reset/",
-        auth_views.PasswordResetView.as_view(form_class=SetFirstPasswordResetForm),
-        name="password_reset",
-    ),
+    path("accounts/password_reset/", views.ThrottledPasswordResetView.as_view(), name="password_reset"),
     # The rest of Django's flow: logout (POST only), password reset confirm, password change.
     path("accounts/", include("django.contrib.auth.urls")),
 ]

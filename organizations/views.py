@@ -1,19 +1,21 @@
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import PasswordResetView
 from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.http import urlencode
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
 from licenses.models import LicensePool, Product
 
-from . import actions, errors
+from . import actions, errors, throttle
 from .audit import client_ip
+from .confirm import Confirmation, ask_to_confirm
 from .csv_stream import streaming_csv_response
 from .forms import InviteForm, RoleForm, SetFirstPasswordResetForm, SignUpForm, TransferOwnershipForm
 from .models import Invitation, Membership, Organization, Role, User
@@ -97,7 +99,9 @@ def _members_context(request, page_number):
         page_number=page.number,
         active_count=page.paginator.count,
         invite_form=InviteForm(),
-        transfer_form=TransferOwnershipForm(organization=organization) if request.membership.is_owner else None,
+        transfer_form=(
+            TransferOwnershipForm(organization=organization, user=request.user) if request.membership.is_owner else None
+        ),
     )
     return context
 
@@ -181,6 +185,7 @@ def change_role(request, membership_id):
         and form.cleaned_data["role"] == Role.MEMBER
         and Invitation.objects.pending().filter(organization=request.organization, invited_by=membership.user).exists()
     )
+    previous_role = membership.role
     if not form.is_valid():
         error = "Choose Admin or Member."
     else:
@@ -195,7 +200,11 @@ def change_role(request, membership_id):
         except errors.MembershipRefusal as refusal:
             error = refusal.message
         else:
-            notice = f"{membership.user.display_name} is now {Role(membership.role).label.lower()}."
+            role_name = Role(membership.role).label.lower()
+            if membership.role == previous_role:
+                notice = f"Nothing changed: {membership.user.display_name} is already {role_name}."
+            else:
+                notice = f"{membership.user.display_name} is now {role_name}."
     if request.htmx:
         if not error and (membership.user_id == request.user.pk or revokes_invitations):
             # Your own role changed, or the pending invitations did: more than the row changed. (A
@@ -208,9 +217,27 @@ def change_role(request, membership_id):
 
 
 @org_manager_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def remove(request, membership_id):
+    """GET asks first; POST removes."""
     membership = _active_membership_or_404(request, membership_id)
+    if request.method == "GET":
+        page = request.GET.get("page", "")
+        return ask_to_confirm(
+            request,
+            Confirmation(
+                title=f"Remove {membership.user.display_name}?",
+                consequence=(
+                    f"{membership.user.email} leaves {request.organization.name}: their licenses, sessions and "
+                    "machines here end now, and the invitations they sent are revoked."
+                ),
+                button="Remove member",
+                action_url=request.path,
+                cancel_url=_members_url(request, page),
+                hx_target=f"#member-{membership.pk}",
+                hidden=[("page", page)] if page.isdigit() else [],
+            ),
+        )
     try:
         actions.remove_member(
             organization=request.organization,
@@ -237,7 +264,7 @@ def remove(request, membership_id):
 @org_owner_required
 @require_POST
 def transfer_ownership(request):
-    form = TransferOwnershipForm(request.POST, organization=request.organization)
+    form = TransferOwnershipForm(request.POST, organization=request.organization, user=request.user)
     if form.is_valid():
         successor = form.cleaned_data["membership"]
         try:
@@ -414,6 +441,9 @@ def invitation_password_link(request, token):
         return refusal_page
     if request.user.is_authenticated:
         return redirect(invitation.get_absolute_url())
+    wait = throttle.password_reset_wait(client_ip(request), invitation.email)
+    if wait:
+        return _accept_page(request, invitation, has_account=True, error=throttle.password_reset_refusal(wait))
     reset = SetFirstPasswordResetForm({"email": invitation.email})
     if reset.is_valid():
         reset.save(
@@ -430,3 +460,20 @@ def invitation_password_link(request, token):
         "Follow it, sign in, and open this invitation again to accept."
     )
     return _accept_page(request, invitation, has_account=True, notice=notice)
+
+
+class ThrottledPasswordResetView(PasswordResetView):
+    """Django's password reset, limited per client address and per email (organizations.throttle). Past
+    a limit the form says so (429) and no mail is sent, whether or not the email has an account."""
+
+    form_class = SetFirstPasswordResetForm
+
+    def form_valid(self, form):
+        wait = throttle.password_reset_wait(client_ip(self.request), form.cleaned_data["email"])
+        if not wait:
+            return super().form_valid(form)
+        form.add_error(None, throttle.password_reset_refusal(wait))
+        response = self.form_invalid(form)
+        response.status_code = 429
+        response["Retry-After"] = str(wait)
+        return response

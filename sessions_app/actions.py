@@ -21,6 +21,7 @@ from licenses.models import LicensePool, Product
 from organizations.audit import Action, record
 from organizations.models import Membership, Organization
 
+from . import hotpath
 from . import queue as queue_rules
 from .models import (
     MACHINE_SEEN_RESOLUTION,
@@ -381,6 +382,36 @@ def activate(
         raise
 
 
+def activate_at_once(
+    *,
+    api_key: ApiKey,
+    product: str,
+    machine_id: str,
+    org_id: str | None = None,
+    hostname: str = "",
+    engine_version: str = "",
+    release_previous: bool = False,
+    ephemeral: bool = False,
+    ticket: str | None = None,
+    **_rest,
+) -> hotpath.GrantedActivation | None:
+    """The engine API's common case of activate() in one round trip (hotpath.py): an RE activation
+    that is granted at once, with the same rules under the same pool lock. Returns None having written
+    nothing when the request needs more (a refusal, the line, a KSE rule, an allow-list, a machine
+    slot freed by housekeeping, an earlier session to end, SQLite): call activate() then."""
+    return hotpath.activate(
+        api_key=api_key,
+        product=product,
+        machine_id=machine_id,
+        org_id=org_id,
+        hostname=hostname,
+        engine_version=engine_version,
+        ephemeral=ephemeral,
+        release_previous=release_previous,
+        ticket=ticket,
+    )
+
+
 @transaction.atomic
 def _record_refusal(refusal, *, api_key, user, product, machine_id, org_id, ip_address):
     queue_rules.note_refusal(refusal)
@@ -440,6 +471,18 @@ def _terminated(session):
         f"Session {session.public_id} has ended ({EndReason(reason).label.lower()}); activate again.",
         details={"reason": reason},
     )
+
+
+def heartbeat_at_once(*, api_key: ApiKey, session_id: str) -> hotpath.Lease | None:
+    """heartbeat() of a live session in one statement (hotpath.py), or None having changed nothing:
+    call heartbeat() then, which answers 404 or 410 and ends what must end."""
+    return hotpath.heartbeat(api_key=api_key, session_id=session_id)
+
+
+def release_at_once(*, api_key: ApiKey, session_id: str) -> hotpath.Released | None:
+    """release_session() of a live session on a machine that is not ephemeral, in one statement
+    (hotpath.py), or None having changed nothing: call release_session() then."""
+    return hotpath.release(api_key=api_key, session_id=session_id, released=EndReason.RELEASED)
 
 
 def heartbeat(*, user, session_id: str, organization: Organization | None = None) -> EngineSession:

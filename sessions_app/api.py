@@ -5,7 +5,6 @@ answer, including a refusal, an unknown path or a lost database, is the contract
 with an X-Request-ID, and no input reaches a 5xx.
 """
 
-import contextlib
 import json
 import logging
 import re
@@ -22,10 +21,10 @@ from licenses import errors
 from licenses.models import LicensePool
 from organizations.audit import client_ip
 
-from . import actions, ratelimit
+from . import actions, hotpath, metrics, ratelimit
 from . import queue as queue_rules
 from .actions import iso
-from .models import API_KEY_PREFIX, ApiKey, hash_api_key
+from .models import API_KEY_PREFIX, hash_api_key
 from .openapi import openapi_document
 
 logger = logging.getLogger(__name__)
@@ -114,10 +113,7 @@ def _authenticate(request):
     wait = ratelimit.address_blocked(address)
     if wait and not (presented_hash is not None and ratelimit.key_in_use(presented_hash)):
         raise _too_many_failures(wait)
-    api_key = None
-    if presented_hash is not None:
-        with contextlib.suppress(ApiKey.DoesNotExist):
-            api_key = ApiKey.objects.usable().select_related("user", "organization").get(key_hash=presented_hash)
+    api_key = hotpath.usable_api_key(presented_hash) if presented_hash is not None else None
     if api_key is None:
         wait = ratelimit.count_failure(address)
         if wait:
@@ -357,17 +353,28 @@ def activate(request):
     api_key = request.api_key
 
     def decide(on_answer=None):
-        return actions.activate(
-            api_key=api_key,
-            user=api_key.user,
-            ip_address=client_ip(request),
-            on_granted=on_answer,
-            on_queued=on_answer,
-            **fields,
-        )
+        try:
+            result = actions.activate(
+                api_key=api_key,
+                user=api_key.user,
+                ip_address=client_ip(request),
+                on_granted=on_answer,
+                on_queued=on_answer,
+                **fields,
+            )
+        except errors.LicenseRefusal as refusal:
+            metrics.count_activation(refusal.code)
+            raise
+        metrics.count_activation("queued" if isinstance(result, queue_rules.Queued) else "granted")
+        return result
 
     if idempotency_key is None:
-        return _activation_response(*_answer(decide()))
+        result = actions.activate_at_once(api_key=api_key, **fields)
+        if result is not None:
+            metrics.count_activation("granted")
+        else:
+            result = decide()
+        return _activation_response(*_answer(result))
 
     claim = actions.claim_idempotency_key(
         api_key=api_key, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
@@ -406,15 +413,17 @@ def _session_or_404(session_id):
 @endpoint("POST")
 def heartbeat(request, session_id):
     _session_or_404(session_id)
-    session = actions.heartbeat(
-        user=request.api_key.user, session_id=session_id, organization=request.api_key.organization
-    )
+    api_key = request.api_key
+    lease = actions.heartbeat_at_once(api_key=api_key, session_id=session_id)
+    if lease is None:
+        session = actions.heartbeat(user=api_key.user, session_id=session_id, organization=api_key.organization)
+        lease = hotpath.Lease(session.public_id, session.lease_expires_at, session.pool.heartbeat_interval_seconds)
     return JsonResponse(
         {
             "session": {
-                "id": session.public_id,
-                "lease_expires_at": iso(session.lease_expires_at),
-                "heartbeat_interval_seconds": session.pool.heartbeat_interval_seconds,
+                "id": lease.public_id,
+                "lease_expires_at": iso(lease.lease_expires_at),
+                "heartbeat_interval_seconds": lease.heartbeat_interval_seconds,
             }
         }
     )
@@ -423,11 +432,9 @@ def heartbeat(request, session_id):
 @endpoint("POST")
 def release(request, session_id):
     _session_or_404(session_id)
-    session = actions.release_session(
-        user=request.api_key.user,
-        session_id=session_id,
-        ip_address=client_ip(request),
-        organization=request.api_key.organization,
+    api_key = request.api_key
+    session = actions.release_at_once(api_key=api_key, session_id=session_id) or actions.release_session(
+        user=api_key.user, session_id=session_id, ip_address=client_ip(request), organization=api_key.organization
     )
     return JsonResponse(
         {"session": {"id": session.public_id, "ended_at": iso(session.ended_at), "end_reason": session.end_reason}}

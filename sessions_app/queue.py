@@ -305,7 +305,7 @@ def _add_one(model, counter: str, **key) -> None:
     values = [connection.ops.adapt_datetimefield_value(v) if isinstance(v, datetime) else v for v in key.values()]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} ({', '.join(columns)}, {quote(counter)}) "  # noqa: S608 (names from the model)
+            f"INSERT INTO {table} ({', '.join(columns)}, {quote(counter)}) "  # noqa: S608  # nosec B608  # names from the model, values as parameters
             f"VALUES ({', '.join(['%s'] * len(values))}, 1) "
             f"ON CONFLICT ({', '.join(columns)}) DO UPDATE SET {quote(counter)} = {table}.{quote(counter)} + 1",
             values,

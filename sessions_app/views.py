@@ -5,11 +5,13 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from licenses import errors
 from organizations.audit import client_ip
+from organizations.confirm import Confirmation, ask_to_confirm
 
 from . import actions
 from .forms import KEY_PLACEHOLDER, ApiKeyForm, CommandForm
@@ -61,9 +63,25 @@ def api_key_create(request):
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def api_key_revoke(request, key_id):
+    """GET asks first; POST revokes."""
     api_key = get_object_or_404(ApiKey.objects.select_related("organization", "user"), pk=key_id, user=request.user)
+    if request.method == "GET":
+        return ask_to_confirm(
+            request,
+            Confirmation(
+                title="Revoke this key?",
+                consequence=(
+                    f"The key {api_key.name} ({api_key.prefix}…) stops working at once: engines using it can no "
+                    "longer activate or renew a license. A revoked key cannot be restored."
+                ),
+                button="Revoke key",
+                action_url=request.path,
+                cancel_url=reverse("api_keys"),
+                hx_target="#api-keys-panel",
+            ),
+        )
     actions.revoke_api_key(api_key=api_key, actor=request.user, ip_address=client_ip(request))
     notice = f"Revoked the key {api_key.name} ({api_key.prefix}…). It no longer works."
     if request.htmx:

@@ -41,3 +41,149 @@ document.addEventListener("DOMContentLoaded", () => {
 document.addEventListener("htmx:afterSettle", () => {
   document.querySelectorAll("[data-copy-target][hidden]").forEach((b) => { b.hidden = false; });
 });
+
+// Confirmations (organizations/confirm.py). htmx puts one into the page's <dialog>; it opens as a
+// modal, starts on Cancel (the safe choice), and gives focus back to the button that asked.
+let confirmOpener = null;
+const confirmDialog = () => document.getElementById("confirm-dialog");
+
+document.addEventListener("htmx:afterSwap", (event) => {
+  const dialog = confirmDialog();
+  if (!dialog || event.detail.target.id !== "confirm-slot") return;
+  if (!dialog.open) dialog.showModal();
+  const field = dialog.querySelector("input:not([type=hidden]), select, textarea");
+  (field || dialog.querySelector("[data-dialog-cancel]") || dialog).focus();
+});
+
+document.addEventListener("click", (event) => {
+  const cancel = event.target.closest("#confirm-dialog [data-dialog-cancel]");
+  if (!cancel) return;
+  event.preventDefault();  // The link is the way back without JavaScript; here the dialog just closes.
+  confirmDialog().close();
+});
+
+document.addEventListener("close", (event) => {
+  if (event.target.id !== "confirm-dialog") return;
+  if (confirmOpener && confirmOpener.isConnected) confirmOpener.focus();
+  confirmOpener = null;
+}, true);
+
+// What each request was triggered by, to tell a person's click from a poll or typing in a filter.
+const triggers = new WeakMap();
+
+document.addEventListener("htmx:beforeRequest", (event) => {
+  const config = event.detail.requestConfig || {};
+  const trigger = config.triggeringEvent;
+  triggers.set(event.detail.xhr, trigger ? trigger.type : null);
+  const dialog = confirmDialog();
+  if (dialog && !dialog.contains(event.detail.elt) && event.detail.target && event.detail.target.id === "confirm-slot") {
+    confirmOpener = document.activeElement;
+  }
+});
+
+document.addEventListener("htmx:beforeSwap", (event) => {
+  // A confirmed action's answer replaces its section: the dialog's work is done.
+  const dialog = confirmDialog();
+  // Fired on the swap's target; the element that asked is the request's.
+  const asker = (event.detail.requestConfig && event.detail.requestConfig.elt) || event.detail.elt;
+  if (dialog && dialog.open && asker && dialog.contains(asker) && event.detail.target.id !== "confirm-slot") {
+    confirmOpener = null;  // Focus goes to the result instead (below), not back to the button.
+    dialog.close();
+  }
+});
+
+// After an in-place update, focus moves to what it says (a refusal first, else its notice, else the
+// updated section) and a live region repeats the words for screen readers. Only for a person's own
+// click or submit: a poll or a filter that follows typing must not pull focus away.
+const MESSAGE = ".refusal, [role=alert], .errorlist, .message, [role=status]";
+let pendingSettle = null;
+
+document.addEventListener("htmx:afterSettle", (event) => {
+  if (event.target.id === "confirm-slot" || event.target.closest("#confirm-dialog")) return;
+  const type = triggers.get(event.detail.xhr);
+  if (!type) return;
+  if (!pendingSettle) {
+    pendingSettle = { type, elements: [] };
+    setTimeout(settled, 0);
+  }
+  pendingSettle.elements.push(event.target);
+});
+
+function settled() {
+  const { type, elements } = pendingSettle;
+  pendingSettle = null;
+  const found = elements.flatMap((element) => [
+    ...(element.matches(MESSAGE) ? [element] : []),
+    ...element.querySelectorAll(MESSAGE),
+  ]).filter((element) => element.isConnected && element.id !== "announcer");
+  const alert = found.find((element) => element.matches(".refusal, [role=alert], .errorlist"));
+  const message = alert || found[0];
+  if (message) announce(message.textContent);
+  if (type !== "submit" && type !== "click") return;
+  const focusTarget = message || elements.find((element) => element.isConnected);
+  if (!focusTarget) return;
+  if (!focusTarget.matches("a, button, input, select, textarea, [tabindex]")) focusTarget.setAttribute("tabindex", "-1");
+  focusTarget.focus();
+}
+
+// The live region's words live in a closed shadow root: screen readers hear them (the accessibility
+// tree is built from the flattened tree), but the page's text holds each message once, so finding
+// it in the page (Ctrl+F, or a test looking for it) meets the visible message, not a hidden twin.
+let announcerLine = null;
+
+function announcerText() {
+  if (announcerLine) return announcerLine;
+  const announcer = document.getElementById("announcer");
+  if (!announcer) return null;
+  announcerLine = document.createElement("span");
+  announcer.attachShadow({ mode: "closed" }).append(announcerLine);
+  return announcerLine;
+}
+
+function announce(text) {
+  const line = announcerText();
+  if (!line) return;
+  const words = text.replace(/\s+/g, " ").trim();
+  line.textContent = "";
+  // Filled a moment after emptying, so the same words twice are announced twice.
+  setTimeout(() => {
+    line.textContent = words;
+    document.getElementById("announcer").lastAnnouncement = words;  // for a look from outside
+  }, 50);
+}
+
+// Field limits (organizations/limits.py): the limit is data-maxlength, not maxlength, because a
+// browser enforces maxlength by silently cutting a pasted value. Here a field past its limit says
+// so beside itself and blocks its form's submit; nearing it, a count shows.
+function checkLimit(field) {
+  const limit = Number(field.dataset.maxlength);
+  const length = field.value.length;
+  let note = field.limitNote;
+  if (!note && length > limit * 0.8) {
+    note = document.createElement("p");
+    note.className = "field-limit";
+    note.setAttribute("aria-live", "polite");
+    note.id = `${field.id || field.name}-limit`;
+    field.insertAdjacentElement("afterend", note);
+    field.limitNote = note;
+    field.setAttribute("aria-describedby", `${field.getAttribute("aria-describedby") || ""} ${note.id}`.trim());
+  }
+  const over = length > limit;
+  const message = over
+    ? `Too long: ${length.toLocaleString("en")} characters, the limit is ${limit.toLocaleString("en")}. Nothing is cut; shorten it to send.`
+    : "";
+  field.setCustomValidity(message);
+  if (!note) return;
+  note.textContent = over ? message : `${length} of ${limit} characters`;
+  note.classList.toggle("over", over);
+}
+
+document.addEventListener("input", (event) => {
+  if (event.target.matches && event.target.matches("[data-maxlength]")) checkLimit(event.target);
+});
+
+function checkAllLimits(root) {
+  root.querySelectorAll("[data-maxlength]").forEach((field) => { if (field.value) checkLimit(field); });
+}
+document.addEventListener("DOMContentLoaded", () => checkAllLimits(document));
+document.addEventListener("htmx:load", (event) => checkAllLimits(event.target));

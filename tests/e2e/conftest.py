@@ -4,6 +4,7 @@ import os
 import shutil
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import IN_CI
 from tests.factories import PASSWORD
@@ -97,3 +98,13 @@ def sign_in(page, email, password=PASSWORD):
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_load_state()
+
+
+def confirm(page, button):
+    """Answer the confirmation a dangerous button asks (organizations/confirm.py): in the page's
+    dialog with JavaScript, on a page of its own without."""
+    scope = page.get_by_role("dialog") if page.javascript else page.locator("main")
+    expect(scope.get_by_role("heading", level=1)).to_be_visible()
+    scope.get_by_role("button", name=button, exact=True).click()
+    if not page.javascript:
+        page.wait_for_load_state()

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests import factories
-from tests.e2e.conftest import sign_in
+from tests.e2e.conftest import confirm, sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -82,6 +82,7 @@ def test_a_key_from_the_generator_works_until_it_is_revoked(page, person):
 
     page.get_by_role("banner").get_by_role("link", name="API keys").click()
     page.get_by_role("button", name=re.compile(r"^Revoke katalonc for Acme QA")).click()
+    confirm(page, "Revoke key")
     expect(page.get_by_text("It no longer works.")).to_be_visible()
     status, body = call_api(
         page.base_url, arguments["-apiKey"], "engine/activate", {"product": "RE", "machine_id": "ci-agent-2"}
@@ -103,6 +104,7 @@ def test_keys_are_made_and_revoked_with_or_without_javascript(any_page, person):
     status, _ = call_api(page.base_url, raw_key, "engine/activate", {"product": "RE", "machine_id": "laptop"})
     assert status == 201
     page.get_by_role("button", name="Revoke Laptop").click()
+    confirm(page, "Revoke key")
     expect(page.get_by_text("Revoked the key Laptop")).to_be_visible()
     expect(page.get_by_role("button", name="Revoke Laptop")).to_have_count(0)
     status, body = call_api(page.base_url, raw_key, "engine/activate", {"product": "RE", "machine_id": "laptop"})

@@ -3,7 +3,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import sign_in
+from tests.e2e.conftest import confirm, sign_in
 from tests.factories import (
     EngineSessionFactory,
     LicensedUserFactory,
@@ -55,6 +55,7 @@ def test_an_owner_assigns_the_only_license_is_refused_a_second_then_revokes_and_
     expect(licensed.get_by_role("cell", name="nick@example.com")).to_have_count(0)
 
     page.get_by_role("button", name="Revoke the license of Mia Member").click()
+    confirm(page, "Withdraw license")
     expect(available).to_have_text("1")
     expect(licensed).to_have_count(0)
 
@@ -89,17 +90,20 @@ def test_an_admin_revokes_several_ends_a_session_and_issues_an_offline_license_i
     expect(figure(page, "Online licenses")).to_have_text("1")
 
     page.get_by_role("button", name="End session on mia-laptop").click()
+    confirm(page, "End session")
     expect(page.get_by_role("status")).to_contain_text("Ended the session on mia-laptop")
     expect(figure(page, "Online licenses")).to_have_text("0")
 
     page.get_by_label("Select Mia Member").check()
     page.get_by_label("Select Nick Newcomer").check()
     page.get_by_role("button", name="Revoke selected").click()
+    confirm(page, "Withdraw 2 licenses")
     expect(figure(page, "Available")).to_have_text("3")
     expect(page.get_by_text("Nobody holds a license yet.")).to_be_visible()
 
     page.get_by_label("Machine id").fill("air-gapped-7")
     page.get_by_role("button", name="Create offline license").click()
+    confirm(page, "Create offline license")
     expect(figure(page, "Offline licenses")).to_have_text("1")
     with page.expect_download() as download:
         page.get_by_role("link", name="Download KSE_air-gapped-7.lic").click()

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests import factories
-from tests.e2e.conftest import sign_in
+from tests.e2e.conftest import confirm, sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,11 +110,11 @@ def test_removing_a_member_moves_them_to_the_removed_list(any_page):
     sign_in(page, owner.email)
     page.goto(page.base_url + f"/o/{organization.public_id}/members/")
     remember_page(page)
-    page.on("dialog", lambda dialog: dialog.accept())
 
     active = page.get_by_role("region", name=re.compile("Active members"))
     expect(active.get_by_role("heading")).to_have_text("Active members (2)")
     page.get_by_role("button", name="Remove max@example.com").click()
+    confirm(page, "Remove member")
     expect(page.get_by_text("Max Muster was removed")).to_be_visible()
     expect(active.get_by_role("row", name=re.compile("max@example.com"))).to_have_count(0)
     expect(active.get_by_role("heading")).to_have_text("Active members (1)")

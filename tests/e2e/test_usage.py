@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 
 from sessions_app.models import EndReason, EngineSession
 from tests import factories
-from tests.e2e.conftest import sign_in
+from tests.e2e.conftest import confirm, sign_in
 
 
 def ended(pool, user, machine, *, started_ago, minutes, reason):
@@ -113,6 +113,7 @@ def test_a_person_ends_their_own_session(any_page):
     page.goto(page.base_url + reverse("my_licenses"))
     expect(page.get_by_role("heading", name="Acme QA")).to_be_visible()
     page.get_by_role("button", name=f"End session {session.public_id} on laptop-mia").click()
+    confirm(page, "End session")
     expect(page.get_by_text(f"Session {session.public_id} ended; its license is free.")).to_be_visible()
     expect(page.get_by_text("No live sessions.")).to_be_visible()
     session.refresh_from_db()

@@ -283,7 +283,8 @@ def test_creating_and_downloading_an_offline_license(owner_client, re_pool):
     """The file downloads as RE_<machine id>.lic and verifies."""
     expires_on = (timezone.now() + timedelta(days=10)).date()
     response = owner_client.post(
-        url("licenses_offline_create", re_pool), {"machine_id": "lab-01", "expires_on": expires_on.isoformat()}
+        url("licenses_offline_create", re_pool),
+        {"machine_id": "lab-01", "expires_on": expires_on.isoformat(), "confirmed": "yes"},
     )
     assert response.status_code == 302
     offline = OfflineLicense.objects.get()
@@ -298,7 +299,9 @@ def test_creating_an_offline_license_with_htmx_shows_its_download_link(owner_cli
     """The section comes back with the new file's link, and the figures out-of-band."""
     expires_on = (timezone.now() + timedelta(days=10)).date().isoformat()
     response = owner_client.post(
-        url("licenses_offline_create", re_pool), {"machine_id": "lab-02", "expires_on": expires_on}, headers=HTMX
+        url("licenses_offline_create", re_pool),
+        {"machine_id": "lab-02", "expires_on": expires_on, "confirmed": "yes"},
+        headers=HTMX,
     )
     assert "Download RE_lab-02.lic" in response.text
     assert response.context["usage"].unexpired_offline == 1
@@ -317,7 +320,9 @@ def test_offline_license_refusals_are_shown_beside_the_form(owner_client, re_poo
     assert "Enter a valid date." in response.text
     factories.EngineSessionFactory.create_batch(3, pool=re_pool)
     response = owner_client.post(
-        url("licenses_offline_create", re_pool), {"machine_id": "m1", "expires_on": soon}, headers=HTMX
+        url("licenses_offline_create", re_pool),
+        {"machine_id": "m1", "expires_on": soon, "confirmed": "yes"},
+        headers=HTMX,
     )
     assert "No license is available in Acme QA" in response.text
     assert not OfflineLicense.objects.exists()
@@ -326,7 +331,9 @@ def test_offline_license_refusals_are_shown_beside_the_form(owner_client, re_poo
 def test_an_offline_license_on_the_subscriptions_last_day_ends_with_it(owner_client, re_pool):
     """Choosing the last day gives the subscription's own end, not a refusal."""
     last_day = re_pool.expires_at.date().isoformat()
-    owner_client.post(url("licenses_offline_create", re_pool), {"machine_id": "m1", "expires_on": last_day})
+    owner_client.post(
+        url("licenses_offline_create", re_pool), {"machine_id": "m1", "expires_on": last_day, "confirmed": "yes"}
+    )
     assert OfflineLicense.objects.get().expires_at == re_pool.expires_at
 
 

@@ -68,7 +68,9 @@ def test_every_form_needs_the_csrf_token(organization, owner, endpoint, delivery
         if method == "post":
             assert client.post(url).status_code == 403, url
     page = client.get(f"/o/{organization.public_id}/notifications/endpoints/{endpoint.pk}/").content.decode()
-    assert page.count('name="csrfmiddlewaretoken"') == page.count("<form")
+    # Every form that posts carries the token; a GET form (Delete asks first) must not leak it.
+    assert page.count('name="csrfmiddlewaretoken"') == page.count('<form method="post"')
+    assert page.count('<form method="post"') + page.count('<form method="get"') == page.count("<form")
 
 
 def test_the_navigation_links_to_it_for_owners_and_admins_only(client, organization, owner, member_user):
@@ -170,6 +172,8 @@ def test_endpoint_page_actions(owner_client, organization, owner, endpoint, deli
     endpoint.refresh_from_db()
     assert endpoint.url == receiver.url + "/v2"
 
+    asked = owner_client.get(base + "delete/")
+    assert "Delete this endpoint?" in asked.text and Endpoint.objects.exists()
     assert owner_client.post(base + "delete/").status_code == 302
     assert not Endpoint.objects.exists()
     assert AuditEvent.objects.filter(action="webhook.deleted").exists()

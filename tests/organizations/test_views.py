@@ -11,6 +11,7 @@ from organizations import actions
 from organizations.audit import Action
 from organizations.models import AuditEvent, Invitation, Membership, Role
 from tests import factories
+from tests.factories import PASSWORD
 from tests.organizations.conftest import membership_of
 
 pytestmark = pytest.mark.django_db
@@ -41,7 +42,10 @@ def management_posts(organization, membership, invitation):
         (reverse("member_invite", args=[org_id]), {"emails": "x@example.com", "role": "member"}),
         (reverse("member_change_role", args=[org_id, membership.pk]), {"role": "admin"}),
         (reverse("member_remove", args=[org_id, membership.pk]), {}),
-        (reverse("ownership_transfer", args=[org_id]), {"email": membership.user.email}),
+        (
+            reverse("ownership_transfer", args=[org_id]),
+            {"email": membership.user.email, "organization_name": organization.name, "password": PASSWORD},
+        ),
         (reverse("invitation_resend", args=[org_id, invitation.pk]), {}),
         (reverse("invitation_revoke", args=[org_id, invitation.pk]), {}),
     ]
@@ -377,7 +381,9 @@ class TestMemberActions:
     def test_the_owner_transfers_ownership(self, owner_client, organization, owner, admin_user):
         """The successor becomes owner; the old owner an admin."""
         response = owner_client.post(
-            reverse("ownership_transfer", args=[organization.public_id]), {"email": admin_user.email}, follow=True
+            reverse("ownership_transfer", args=[organization.public_id]),
+            {"email": admin_user.email, "organization_name": organization.name, "password": PASSWORD},
+            follow=True,
         )
         assert b"is now the owner" in response.content
         assert membership_of(admin_user, organization).role == Role.OWNER
@@ -513,7 +519,9 @@ class TestScoping:
         assert membership_of(membership.user, organization).is_active
 
     def test_gets_to_management_urls_are_not_allowed(self, owner_client, organization, targets):
-        """Writes are POST only."""
+        """Writes are POST only; a GET of Remove only asks (the confirmation page without JavaScript)."""
         membership, invitation = targets
+        remove_url = reverse("member_remove", args=[organization.public_id, membership.pk])
         for url, _ in management_posts(organization, membership, invitation):
-            assert owner_client.get(url).status_code == 405, url
+            assert owner_client.get(url).status_code == (200 if url == remove_url else 405), url
+        assert membership_of(membership.user, organization).is_active

@@ -126,9 +126,14 @@ def test_someone_elses_key_is_not_found(member_client):
 
 
 def test_revoke_is_a_post(member_client, member_user):
-    """A GET never revokes."""
+    """A GET never revokes: it asks, with a form that posts."""
     api_key = factories.ApiKeyFactory(user=member_user)
-    assert member_client.get(f"/api-keys/{api_key.pk}/revoke/").status_code == 405
+    response = member_client.get(f"/api-keys/{api_key.pk}/revoke/")
+    assert response.status_code == 200
+    assert "Revoke this key?" in response.text
+    assert f'action="/api-keys/{api_key.pk}/revoke/"' in response.text
+    api_key.refresh_from_db()
+    assert api_key.revoked_at is None
 
 
 def test_the_list_shows_only_my_keys_in_a_fixed_number_of_queries(

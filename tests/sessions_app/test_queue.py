@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -549,9 +550,11 @@ def test_activation_with_nobody_waiting_costs_what_it_did(engine, re_pool, djang
     re_pool.machine_quota = 50
     re_pool.save()
     engine.activate(machine_id="known")
-    with django_assert_num_queries(12):
+    # On PostgreSQL the hot path (test_hot_path.py) grants both in one round trip after the key's lookup.
+    postgresql = connection.vendor == "postgresql"
+    with django_assert_num_queries(2 if postgresql else 12):
         assert engine.activate(machine_id="new").status_code == 201
-    with django_assert_num_queries(11):
+    with django_assert_num_queries(2 if postgresql else 11):
         assert engine.activate(machine_id="known").status_code == 201
     assert not QueueTicket.objects.exists()
 
@@ -565,13 +568,15 @@ def test_activation_with_engines_waiting_costs_the_same(client, engine, full_poo
         join(engine, f"agent-{n}")
     assert engine.activate(machine_id="newcomer").status_code == 409  # the hour's first refusal alerts
     # Refused: as many queries as a refusal cost before the queue (its two counts are one statement
-    # now, and the hour's refusal counter is one more).
-    with django_assert_num_queries(14):
+    # now, and the hour's refusal counter is one more); on PostgreSQL one more, the hot path's attempt
+    # (test_hot_path.py), which grants the next one in one round trip after the key's lookup.
+    postgresql = connection.vendor == "postgresql"
+    with django_assert_num_queries(15 if postgresql else 14):
         assert engine.activate(machine_id="newcomer").status_code == 409
     release(pool.held, 3)
     pool.quota = 9
     pool.save()
-    with django_assert_num_queries(12):
+    with django_assert_num_queries(2 if postgresql else 12):
         assert engine.activate(machine_id="newcomer").status_code == 201
     with django_assert_num_queries(13):
         assert poll(engine, ticket, "agent-4").status_code == 404

@@ -126,7 +126,9 @@ def test_engines_that_poll_on_their_own_are_served_in_line_order(member_user, or
                 time.sleep(rng.uniform(0.01, 0.05))
                 response = client.activate(**fields, ticket=response.json()["queued"]["ticket"])
             assert response.status_code == 201, response.json()
-            time.sleep(rng.uniform(0.02, 0.1))
+            # Long enough, against an activation that is one round trip, for four licenses to be
+            # too few for sixteen engines: the line must form for the test to say anything.
+            time.sleep(rng.uniform(0.2, 0.4))
             assert client.post(f"engine/sessions/{response.json()['session']['id']}/release").status_code == 200
         return n
 

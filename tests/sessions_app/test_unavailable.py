@@ -1,7 +1,8 @@
 """With the database out of reach the API answers 503 with Retry-After and grants nothing."""
 
+import psycopg2
 import pytest
-from django.db import connection
+from django.db import close_old_connections, connection
 
 from licenses.signing import forget_loaded_keys
 from sessions_app.models import EngineSession
@@ -72,3 +73,30 @@ def test_a_loaded_public_key_is_served_without_the_database(client, db):
     assert client.get("/api/v1/offline-licenses/public-key").status_code == 200
     with DatabaseOutOfReach():
         assert client.get("/api/v1/offline-licenses/public-key").status_code == 200
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_dropped_connection_costs_one_503_then_is_replaced(client, api_key, re_pool):
+    """Without CONN_HEALTH_CHECKS (a round trip per request) a connection the database dropped (a
+    restart, a failover) fails the one request that finds it, as a 503 with Retry-After; Django
+    closes it at that request's end, and the next request connects afresh."""
+    engine = Engine(client, api_key.raw_key)
+    assert engine.activate(machine_id="before").status_code == 201
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (backend,) = cursor.fetchone()
+    settings = connection.settings_dict
+    admin = psycopg2.connect(
+        dbname="postgres", user=settings["USER"], host=settings["HOST"], port=settings["PORT"] or 5432
+    )
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [backend])
+    admin.close()
+    response = engine.activate(machine_id="during")
+    assert response.status_code == 503
+    assert int(response["Retry-After"]) >= 1
+    close_old_connections()  # what request_finished does in a served request (the test client skips it)
+    assert engine.activate(machine_id="after").status_code == 201
+    assert set(EngineSession.objects.values_list("machine__machine_id", flat=True)) == {"before", "after"}

@@ -120,10 +120,12 @@ def test_a_session_id_with_a_nul_byte_is_not_found(client, person):
 
 
 def test_ending_needs_a_post(client, person, re_pool):
-    """A GET does not end a session."""
+    """A GET does not end a session: it asks first."""
     session = start_session(re_pool, person)
     client.force_login(person)
-    assert client.get(end_url(session)).status_code == 405
+    response = client.get(end_url(session))
+    assert response.status_code == 200
+    assert "End this session?" in response.text
     assert EngineSession.objects.get(pk=session.pk).ended_at is None
 
 

@@ -83,7 +83,7 @@ def insert_rows(model, fields, rows):
         else:
             placeholders = ", ".join(["%s"] * len(fields))
             cursor.executemany(
-                f"INSERT INTO {table} ({columns}) VALUES ({placeholders})",  # noqa: S608 (names from the model)
+                f"INSERT INTO {table} ({columns}) VALUES ({placeholders})",  # noqa: S608  # nosec B608  # table and column names from the model, values as parameters
                 [[_adapted(value) for value in row] for row in rows],
             )
 

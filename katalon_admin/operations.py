@@ -1,0 +1,159 @@
+"""What operators' machines ask the portal: GET /healthz for load balancers, GET /metrics for Prometheus.
+
+Both are answered by the first middleware, before the host check, the HTTPS redirect, sessions and
+CSRF: a load balancer probes a backend by its address over plain HTTP (a Host that is no
+ALLOWED_HOSTS name, no TLS), and neither answer depends on who asks. Neither is counted in the
+request metrics, so a probe every few seconds does not drown the traffic they show.
+"""
+
+import hmac
+import os
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.db.migrations.executor import MigrationExecutor
+from django.db.models import Count
+from django.http import HttpResponse, HttpResponseNotAllowed, JsonResponse
+from django_prometheus.middleware import PrometheusAfterMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+from licenses.models import LicensePool
+from sessions_app.models import EngineSession, Machine
+
+# Once this process has seen every migration applied it stops asking: migrations are not unapplied
+# under a running server, and reading the migration graph costs more than the rest of the check.
+_migrations_applied = False
+
+
+def _health():
+    """(healthy, what is wrong). A query proves the database answers; the migration plan, empty,
+    proves the schema is the one this code expects."""
+    global _migrations_applied
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        if not _migrations_applied:
+            executor = MigrationExecutor(connection)
+            _migrations_applied = not executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError:
+        return False, "database unreachable"
+    return (True, "") if _migrations_applied else (False, "migrations not applied")
+
+
+def healthz(request):
+    """200 {"status": "ok"} when the database answers and is migrated, else 503 saying which. No
+    authentication, and nothing in it an attacker could use."""
+    healthy, problem = _health()
+    body = {"status": "ok"} if healthy else {"status": "unavailable", "problem": problem}
+    response = JsonResponse(body, status=200 if healthy else 503)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+class PoolCollector:
+    """Live sessions and registered machines per license pool, with their quotas, read from the
+    database when Prometheus scrapes (one query each), so every process and host reports the same.
+    Pools are labelled by organization id, product and pool id, never by name."""
+
+    def collect(self):
+        labels = ["organization", "product", "pool"]
+        families = {
+            "sessions": GaugeMetricFamily(
+                "katalon_pool_live_sessions", "Engine sessions holding a license now, per pool.", labels=labels
+            ),
+            "quota": GaugeMetricFamily(
+                "katalon_pool_session_quota",
+                "Concurrent licenses the pool allows (KSE: licensed users).",
+                labels=labels,
+            ),
+            "machines": GaugeMetricFamily(
+                "katalon_pool_registered_machines", "Machines registered to the pool now.", labels=labels
+            ),
+            "machine_quota": GaugeMetricFamily(
+                "katalon_pool_machine_quota", "Machines the pool allows.", labels=labels
+            ),
+        }
+        pools = LicensePool.objects.values_list("pk", "organization__public_id", "product", "quota", "machine_quota")
+        live = _counts_by_pool(EngineSession.objects.live())
+        registered = _counts_by_pool(Machine.objects.registered())
+        for pk, organization, product, quota, machine_quota in pools:
+            values = [organization, product, str(pk)]
+            families["sessions"].add_metric(values, live.get(pk, 0))
+            families["quota"].add_metric(values, quota)
+            families["machines"].add_metric(values, registered.get(pk, 0))
+            families["machine_quota"].add_metric(values, machine_quota)
+        yield from families.values()
+
+
+def _counts_by_pool(queryset):
+    return dict(queryset.order_by().values("pool_id").annotate(n=Count("pk")).values_list("pool_id", "n"))
+
+
+def _authorized(request):
+    """With METRICS_TOKEN set, only `Authorization: Bearer <token>`. Without it, only while DEBUG:
+    a production portal with no token configured shows its metrics to nobody."""
+    token = settings.METRICS_TOKEN
+    if not token:
+        return settings.DEBUG
+    presented = request.headers.get("Authorization", "")
+    return hmac.compare_digest(presented.encode(), f"Bearer {token}".encode())
+
+
+def process_metrics():
+    """The exposition of what the processes counted (requests, activations)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # gunicorn's workers each count in their own files there; this sums them, whichever worker asks.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def metrics(request):
+    if not settings.METRICS_TOKEN and not settings.DEBUG:
+        return HttpResponse("Not found.\n", status=404, content_type="text/plain")
+    if not _authorized(request):
+        response = HttpResponse("Send the metrics token: Authorization: Bearer <METRICS_TOKEN>.\n", status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        response["Content-Type"] = "text/plain"
+        return response
+    pools = CollectorRegistry()
+    pools.register(PoolCollector())
+    try:
+        body = process_metrics() + generate_latest(pools)
+    except DatabaseError:
+        return HttpResponse("The database does not answer.\n", status=503, content_type="text/plain")
+    response = HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+ENDPOINTS = {"/healthz": healthz, "/metrics": metrics}
+
+
+class OperationsEndpointsMiddleware:
+    """First in MIDDLEWARE: answers ENDPOINTS itself, so that neither the host check nor the HTTPS
+    redirect nor the request metrics see them; hands everything else on untouched."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        endpoint = ENDPOINTS.get(request.path_info)
+        if endpoint is None:
+            return self.get_response(request)
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
+        return endpoint(request)
+
+
+class RequestMetricsMiddleware(PrometheusAfterMiddleware):
+    """django-prometheus' per-view counts and latencies, with the method label kept to the standard
+    methods: the library labels latencies by the raw method, so a client inventing methods would
+    otherwise grow the metrics without bound."""
+
+    def label_metric(self, metric, request, response=None, **labels):
+        if "method" in labels:
+            labels["method"] = self._method(request)
+        return super().label_metric(metric, request, response, **labels)
