@@ -53,7 +53,11 @@ SCENARIOS = {
 }
 PAGES = [
     ("members", "members/", ("demo", "large")),
+    ("members, search", "members/?q=member+99", ("demo", "large")),
+    ("members, no KSE license", "members/?license=none", ("demo", "large")),
     ("licenses, KSE tab", "licenses/KSE/", ("demo", "large")),
+    ("assign licenses", "licenses/KSE/assign/", ("demo", "large")),
+    ("assign licenses, search", "licenses/KSE/assign/?q=member+99", ("demo", "large")),
     ("licenses, RE tab", "licenses/RE/", ("demo", "large")),
     ("usage, 30 days", "usage/", ("demo", "large", "1M/30d")),
     ("usage, 12 months", "usage/?range=12m", ("demo", "large", "1M/30d")),

@@ -46,8 +46,9 @@ MIDDLEWARE = [
     # /healthz and /metrics, answered before the host check and the HTTPS redirect (load balancers and
     # Prometheus ask by address over plain HTTP) and left out of the request metrics.
     "katalon_admin.operations.OperationsEndpointsMiddleware",
-    # Request counts and latencies by view (django-prometheus): the clock starts here...
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Request counts and latencies by view: the clock covers every middleware below, and the status
+    # counted is the one sent (axes' 429 included).
+    "katalon_admin.operations.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -58,8 +59,6 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    # ...and the view, status and latency are labelled here, outside axes so its 429 is what is counted.
-    "katalon_admin.operations.RequestMetricsMiddleware",
     # Last, so that it sees a sign-in that axes refused and answers with the sign-in page saying so.
     "axes.middleware.AxesMiddleware",
 ]
@@ -79,6 +78,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "organizations.context_processors.organizations",
             ],
+            # One time format on every page (organizations/templatetags/portal_time.py).
+            "builtins": ["organizations.templatetags.portal_time"],
         },
     },
 ]

@@ -47,6 +47,17 @@ class GrantForm(forms.Form):
         )
 
 
+class ChooserSearchForm(forms.Form):
+    q = forms.CharField(
+        label="Search members",
+        required=False,
+        max_length=254,  # an email address's length: no name or address is longer
+        error_messages={"max_length": "Search for at most %(limit_value)d characters (you typed %(show_value)d)."},
+        help_text="By name or email address.",
+    )
+    page = forms.IntegerField(required=False, min_value=1, max_value=1_000_000)
+
+
 class RevokeForm(forms.Form):
     users = UserIdsField(
         queryset=User.objects.none(),

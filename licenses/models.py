@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from organizations.models import Organization
+from organizations.models import Membership, Organization
 
 
 class Product(models.TextChoices):
@@ -191,6 +191,18 @@ class LicensePool(models.Model):
     def allows_machine(self, machine_id):
         patterns = self.allow_patterns()
         return not patterns or any(fnmatch.fnmatchcase(machine_id, pattern) for pattern in patterns)
+
+    def unlicensed_members(self, search=""):
+        """Active members of the pool's organization without a license in it, whose name or email
+        contains `search`, in natural order of name: who the "Assign licenses" chooser offers."""
+        members = (
+            Membership.objects.active()
+            .for_org(self.organization_id)
+            .exclude(models.Exists(LicensedUser.objects.active().filter(pool=self, user=models.OuterRef("user"))))
+        )
+        if search:
+            members = members.filter(Q(user__name__icontains=search) | Q(user__email__icontains=search))
+        return members.order_by("user__sort_key", "user__email", "user_id")
 
     def usage(self):
         """Counted now, against the database clock, in one query. Callers that enforce a limit lock

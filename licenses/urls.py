@@ -5,6 +5,7 @@ from . import views
 urlpatterns = [
     path("o/<slug:org_id>/licenses/", views.licenses, name="licenses"),
     path("o/<slug:org_id>/licenses/<slug:product>/", views.product_page, name="licenses_product"),
+    path("o/<slug:org_id>/licenses/<slug:product>/assign/", views.assign, name="licenses_assign"),
     path("o/<slug:org_id>/licenses/<slug:product>/grant/", views.grant, name="licenses_grant"),
     path("o/<slug:org_id>/licenses/<slug:product>/revoke/", views.revoke, name="licenses_revoke"),
     path(

@@ -568,6 +568,9 @@ class ChartBar:
 class ChartTick:
     position: float
     label: str
+    # Every other time label: hidden on narrow screens (static/css/responsive.css), where the
+    # labels are drawn larger so they stay readable.
+    minor: bool = False
 
 
 class Chart:
@@ -642,7 +645,11 @@ class Chart:
         slot = self.plot_width / len(buckets)
         every = max(1, math.ceil(len(buckets) / 6))
         return [
-            ChartTick(round(self.left + (index + 0.5) * slot, 1), bucket.label(self.summary.granularity))
+            ChartTick(
+                round(self.left + (index + 0.5) * slot, 1),
+                bucket.label(self.summary.granularity),
+                minor=(index // every) % 2 == 1,
+            )
             for index, bucket in enumerate(buckets)
             if index % every == 0
         ]

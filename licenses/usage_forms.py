@@ -23,6 +23,9 @@ class UsageFilterForm(forms.Form):
     machine = forms.CharField(label="Machine", max_length=255, required=False, help_text="Machine id or host contains.")
     reason = forms.ChoiceField(label="End reason", choices=REASON_CHOICES, required=False)
 
+    # Set by clean() when custom dates lack a day: the filter is not wrong, only unfinished.
+    awaiting_dates = ""
+
     def __init__(self, data, *, products, now=None):
         data = data.copy()
         # The first visit carries no query string: show the first product over the default range,
@@ -47,9 +50,13 @@ class UsageFilterForm(forms.Form):
         if "start" in self.errors or "end" in self.errors:
             return cleaned
         if start is None or end is None:
-            for name, value in (("start", start), ("end", end)):
-                if value is None:
-                    self.add_error(name, "Custom dates need both a first and a last day.")
+            # Not an error: choosing "Custom dates" submits the filter (htmx, on change) before
+            # anyone could enter a day. The page asks for the missing day instead of scolding.
+            self.awaiting_dates = (
+                "Choose the first and the last day."
+                if start is None and end is None
+                else ("Choose the first day too." if start is None else "Choose the last day too.")
+            )
             return cleaned
         if end < start:
             self.add_error("end", "The last day must not be before the first day.")

@@ -115,7 +115,9 @@ def usage(request):
     now = timezone.now()
     pools, form, context = _read_filter(request, now)
     status = 200
-    if pools and form.is_valid():
+    if pools and form.is_valid() and form.awaiting_dates:
+        context["awaiting_dates"] = form.awaiting_dates
+    elif pools and form.is_valid():
         filters = form.cleaned_data
         pool, period = pools[filters["product"]], filters["period"]
         used = usage_in_period(pool=pool, period=period, now=now)
@@ -166,7 +168,8 @@ def usage_export(request):
     PostgreSQL), so a million rows take neither the request's memory nor a timeout."""
     now = timezone.now()
     pools, form, context = _read_filter(request, now)
-    if not pools or not form.is_valid():
+    if not pools or not form.is_valid() or form.awaiting_dates:
+        context["awaiting_dates"] = form.awaiting_dates
         return render(request, "usage/usage.html", context, status=400)
     filters = form.cleaned_data
     pool, period = pools[filters["product"]], filters["period"]

@@ -6,29 +6,37 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, OuterRef, Subquery
+from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.cache import patch_vary_headers
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import reswap, retarget
 
 from organizations.audit import client_ip
 from organizations.confirm import Confirmation, ask_to_confirm
-from organizations.models import Membership
+from organizations.pagination import LongListPaginator
 from organizations.permissions import org_manager_required, org_member_required
 from sessions_app.models import EngineSession, Machine
 
 from . import actions
 from .errors import LicenseRefusal
-from .forms import GrantForm, OfflineLicenseForm, RevokeForm
-from .models import LicensedUser, LicensePool, OfflineLicense, Product
+from .forms import ChooserSearchForm, GrantForm, OfflineLicenseForm, RevokeForm
+from .models import LicensePool, OfflineLicense, Product
 
 TEMPLATE = "licenses/product.html"
 PAGE_SIZE = 25
 PAGE_PARAMS = ("seats_page", "sessions_page", "line_page", "machines_page", "offline_page")
+CHOOSER_TEMPLATE = "licenses/assign.html"
+CHOOSER_PAGE_SIZE = 20
+# The chooser counts candidates no further than this (a COUNT over 10,000 members on every
+# keystroke buys nothing): past it, it says "more than".
+CHOOSER_COUNT_BOUND = 500
 
 
 @org_member_required
@@ -39,11 +47,71 @@ def licenses(request):
     return render(request, "licenses/no_pools.html")
 
 
+# Sections a page may fetch again on its own: the live sessions refresh themselves every 45 s.
+REFRESHABLE_SECTIONS = {"sessions"}
+
+
 @require_GET
 @org_member_required
 def product_page(request, product):
     pool = _pool_or_404(request, product)
-    return render(request, TEMPLATE, _context(request, pool))
+    section = request.GET.get("section")
+    if request.htmx and section in REFRESHABLE_SECTIONS and request.membership.can_manage:
+        context = _context(request, pool, sections={section})
+        response = render(request, f"{TEMPLATE}#{section}", context)
+    else:
+        response = render(request, TEMPLATE, _context(request, pool))
+    # The same address answers with the page or, for htmx, one section: caches keep them apart.
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+@require_GET
+@org_manager_required
+def assign(request, product):
+    """The "Assign licenses" chooser: members without a license, searched and paged on the server,
+    ticked and posted to `grant`. A page of its own without JavaScript; with htmx, the chooser alone
+    (into the KSE tab's dialog), or only its results for a search or another page."""
+    pool = _pool_or_404(request, product, kse_only=True)
+    search = ChooserSearchForm(request.GET)
+    context = _chooser_context(request, pool, search)
+    if request.htmx and request.htmx.target == "chooser-results":
+        return render(request, f"{CHOOSER_TEMPLATE}#chooser-results", context)
+    if request.htmx:
+        return render(request, f"{CHOOSER_TEMPLATE}#chooser", context | {"in_dialog": True})
+    return render(request, CHOOSER_TEMPLATE, context)
+
+
+def _chooser_context(request, pool, search, *, chosen=(), refusal=None):
+    """One query for the page of candidates, one bounded count, one for the figures; `chosen` (the
+    people of a refused grant, shown ticked above the results) costs one more."""
+    search.is_valid()  # a field in error is left out of cleaned_data; the others still apply
+    query = search.cleaned_data.get("q") or ""
+    chosen_ids = [user.pk for user in chosen]
+    candidates = (
+        pool.unlicensed_members(query)
+        .exclude(user_id__in=chosen_ids)
+        .values_list("user_id", "user__name", "user__email")
+    )
+    paginator = LongListPaginator(candidates, CHOOSER_PAGE_SIZE, bound=CHOOSER_COUNT_BOUND)
+    page = paginator.get_page(search.cleaned_data.get("page"))
+    base = reverse("licenses_assign", args=[request.organization.public_id, pool.product])
+
+    def link(number):
+        return base + "?" + urlencode({"q": query, "page": number} if query else {"page": number})
+
+    page.previous_link = link(page.previous_page_number()) if page.has_previous() else None
+    page.next_link = link(page.next_page_number()) if page.has_next() else None
+    return {
+        "pool": pool,
+        "org_id": request.organization.public_id,
+        "usage": pool.usage(),
+        "search_form": search,
+        "query": query,
+        "candidates": page,
+        "chosen": [(user.pk, user.name, user.email) for user in chosen],
+        "grant_refusal": refusal,
+    }
 
 
 @require_POST
@@ -62,17 +130,18 @@ def grant(request, product):
             notice = _granted_notice(seats, len(chosen))
     else:
         refusal = _first_error(form)
-    if refusal is None and not request.htmx:
+    if refusal is not None:
+        # Back to the chooser, with the refusal beside the button and the people chosen still ticked.
+        chosen = sorted(form.cleaned_data.get("users", []), key=lambda user: (user.sort_key, user.email))
+        context = _chooser_context(request, pool, ChooserSearchForm({}), chosen=chosen, refusal=refusal)
+        if request.htmx:
+            response = render(request, f"{CHOOSER_TEMPLATE}#chooser", context | {"in_dialog": True})
+            return reswap(retarget(response, "#chooser"), "outerHTML")
+        return render(request, CHOOSER_TEMPLATE, context)
+    if not request.htmx:
         messages.success(request, notice)
         return redirect("licenses_product", request.organization.public_id, pool.product)
-    selected = {user.pk for user in form.cleaned_data.get("users", [])} if refusal else set()
-    return _respond(
-        request,
-        pool,
-        "licensed_users",
-        oob=("subscription",),
-        extra={"grant_refusal": refusal, "seats_notice": notice, "grant_selected": selected},
-    )
+    return _respond(request, pool, "licensed_users", oob=("subscription",), extra={"seats_notice": notice})
 
 
 @require_http_methods(["GET", "POST"])
@@ -368,20 +437,14 @@ def _context(request, pool, *, sections=None, extra=None):
     if pool.product == Product.RE and (everything or "line" in wanted):
         context["line"] = _paginate(pool.queue_tickets.in_line().select_related("user"), params, "line_page")
     if pool.product == Product.KSE and (everything or "licensed_users" in wanted):
-        seats = pool.licensed_users.active().select_related("user", "granted_by").order_by("user__name", "user__email")
+        seats = (
+            pool.licensed_users.active().select_related("user", "granted_by").order_by("user__sort_key", "user__email")
+        )
         context["seats"] = _paginate(seats, params, "seats_page")
-        # Plain tuples: this list holds every unlicensed member, thousands in a large organization.
-        context["grantable"] = [
-            (user_id, f"{name} ({email})" if name else email)
-            for user_id, name, email in Membership.objects.active()
-            .for_org(request.organization)
-            .exclude(Exists(LicensedUser.objects.active().filter(pool=pool, user=OuterRef("user"))))
-            .order_by("user__name", "user__email")
-            .values_list("user_id", "user__name", "user__email")
-        ]
     if everything or "sessions" in wanted:
         live = pool.sessions.live().select_related("user", "machine").order_by("-started_at", "-id")
         context["sessions"] = _paginate(live, params, "sessions_page")
+        context["refreshed_at"] = timezone.now()
     if everything or "machines" in wanted:
         # Counted per listed machine by a subquery (PostgreSQL runs it for the page's rows only, on
         # the (machine, ended_at) index): a COUNT over a join of every registered machine with every

@@ -14,7 +14,7 @@ class UserAdmin(DjangoUserAdmin):
     list_display = ["email", "name", "is_staff", "is_superuser", "is_active", "last_login", "date_joined"]
     list_filter = ["is_staff", "is_superuser", "is_active"]
     search_fields = ["email", "name"]
-    ordering = ["email"]
+    ordering = ["sort_key", "email"]  # natural order of names, as the pages list people
     fieldsets = [
         (None, {"fields": ["email", "password"]}),
         ("Personal info", {"fields": ["name"]}),

@@ -7,6 +7,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from .audit import Action
+from .audit_display import Names, changes, changes_html
 from .audit_forms import AuditFilterForm
 from .csv_stream import streaming_csv_response
 from .htmx import render_filtered
@@ -33,23 +34,6 @@ CSV_HEADER = [
 ]
 
 
-def changes(before, after):
-    """(field, before, after) for each field the event records, in a stable order. Events that
-    record only an outcome (an invitation, a grant) have just `after`."""
-    before = before if isinstance(before, dict) else ({} if before is None else {"value": before})
-    after = after if isinstance(after, dict) else ({} if after is None else {"value": after})
-    keys = list(dict.fromkeys([*before, *after]))
-    return [(key, _shown(before.get(key)), _shown(after.get(key))) for key in keys if before.get(key) != after.get(key)]
-
-
-def _shown(value):
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True)
-
-
 def _events(request, form):
     return form.filter(AuditEvent.objects.for_org(request.organization)).order_by("-created_at", "-id")
 
@@ -67,14 +51,17 @@ def audit_log(request):
     if form.is_valid():
         paginator = LongListPaginator(_events(request, form), AUDIT_PAGE_SIZE, bound=AUDIT_COUNT_BOUND)
         page = paginator.get_page(request.GET.get("page"))
+        events = list(page)
+        names = Names(events)
         context["page"] = page
         context["rows"] = [
             {
                 "event": event,
+                **dict(zip(("actor_name", "actor_email"), names.actor(event), strict=True)),
                 "label": Action.LABELS.get(event.action, event.action),
-                "changes": changes(event.before, event.after),
+                "changes": changes_html(changes(event.before, event.after, names)),
             }
-            for event in page
+            for event in events
         ]
     else:
         status = 400

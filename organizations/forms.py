@@ -5,6 +5,7 @@ from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.forms import AdminUserCreationForm, PasswordResetForm, UserChangeForm
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
+from django.db.models import Q
 
 from .limits import shorten
 from .models import Invitation, Membership, Role
@@ -51,6 +52,45 @@ class InviteForm(forms.Form):
                 ]
             )
         return emails
+
+
+class MembersFilterForm(forms.Form):
+    """The active members list's search and filters, from the query string (and, on a row's post,
+    from the hidden copy that brings the person back to the same list)."""
+
+    LICENSE_CHOICES = [("", "Any"), ("kse", "Holds a KSE license"), ("none", "No KSE license")]
+
+    q = forms.CharField(
+        label="Search",
+        required=False,
+        max_length=254,  # an email address's length: no name or address is longer
+        error_messages={"max_length": "Search for at most %(limit_value)d characters (you typed %(show_value)d)."},
+        widget=forms.TextInput(attrs={"type": "search", "placeholder": "Name or email", "autocomplete": "off"}),
+    )
+    role = forms.ChoiceField(label="Role", required=False, choices=[("", "All roles"), *Role.choices])
+    license = forms.ChoiceField(label="License", required=False, choices=LICENSE_CHOICES)
+    page = forms.IntegerField(required=False, min_value=1, max_value=1_000_000)
+
+    FIELDS = ("q", "role", "license", "page")
+
+    def values(self):
+        """The valid, non-empty filters in a fixed order; a field in error counts as not given."""
+        self.is_valid()
+        return {name: self.cleaned_data[name] for name in self.FIELDS if self.cleaned_data.get(name)}
+
+    def filter(self, memberships):
+        values = self.values()
+        if query := values.get("q"):
+            memberships = memberships.filter(Q(user__name__icontains=query) | Q(user__email__icontains=query))
+        if role := values.get("role"):
+            memberships = memberships.filter(role=role)
+        if license := values.get("license"):
+            memberships = memberships.filter(has_kse_seat=license == "kse")
+        return memberships
+
+    @property
+    def is_filtering(self):
+        return any(name in self.values() for name in ("q", "role", "license"))
 
 
 class RoleForm(forms.Form):
@@ -158,3 +198,19 @@ class UserChangeAdminForm(UserChangeForm):
         model = get_user_model()
         fields = "__all__"
         field_classes = {}
+
+
+class ProfileForm(forms.ModelForm):
+    """What a person may change about themselves on their profile: the name pages show."""
+
+    class Meta:
+        model = get_user_model()
+        fields = ["name"]
+        labels = {"name": "Your name"}
+        help_texts = {"name": "How you appear to others in your organizations. Leave it empty to be shown by email."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        limit = self.fields["name"].max_length
+        self.fields["name"].error_messages["max_length"] = f"Use at most {limit} characters (you typed %(show_value)d)."
+        self.fields["name"].widget.attrs["autocomplete"] = "name"

@@ -1,3 +1,4 @@
+import re
 import secrets
 from datetime import timedelta
 
@@ -16,8 +17,32 @@ INVITATION_LIFETIME = timedelta(days=7)
 HEARTBEAT_AFTER_END = timedelta(minutes=15)
 
 
+SORT_KEY_LENGTH = 255
+DIGIT_RUN = re.compile(r"\d+")
+
+
+def natural_sort_key(text):
+    """A key that sorts "Member 2" before "Member 10" under plain string comparison, in every
+    database: case folded, and each run of digits prefixed with its length (two digits), so a
+    shorter number sorts first and numbers of one length compare digit by digit. Leading zeros
+    are dropped, so "07" sorts as 7."""
+
+    def number(match):
+        digits = match.group().lstrip("0") or "0"
+        return f"{min(len(digits), 99):02d}{digits}"
+
+    return DIGIT_RUN.sub(number, text.casefold())[:SORT_KEY_LENGTH]
+
+
 class UserManager(BaseUserManager):
     use_in_migrations = True
+
+    def bulk_create(self, objs, *args, **kwargs):
+        # bulk_create skips save(): fill the sort key here, so seeded and imported people sort too.
+        objs = list(objs)
+        for user in objs:
+            user.sort_key = user.natural_sort_key()
+        return super().bulk_create(objs, *args, **kwargs)
 
     def create_user(self, email, password=None, **extra_fields):
         if not email:
@@ -43,6 +68,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False, help_text="Operators may use the admin site.")
     date_joined = models.DateTimeField(default=timezone.now)
+    # What lists of people order by: the display name as natural_sort_key makes it (filled on save),
+    # so "Member 2" comes before "Member 10" on every page without sorting in Python.
+    sort_key = models.CharField(max_length=SORT_KEY_LENGTH, blank=True, editable=False, db_index=True)
 
     objects = UserManager()
 
@@ -56,9 +84,19 @@ class User(AbstractBaseUser, PermissionsMixin):
     def __str__(self):
         return self.display_name
 
+    def save(self, *args, **kwargs):
+        self.sort_key = self.natural_sort_key()
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and {"name", "email"} & set(update_fields):
+            kwargs["update_fields"] = {*update_fields, "sort_key"}
+        super().save(*args, **kwargs)
+
     def clean(self):
         super().clean()
         self.email = self.__class__.objects.normalize_email(self.email).lower()
+
+    def natural_sort_key(self):
+        return natural_sort_key(self.display_name)
 
     @property
     def display_name(self):
@@ -161,9 +199,9 @@ class MembershipQuerySet(models.QuerySet):
         )
 
     def by_rank(self):
-        """Owner first, then admins, then members; by name within a role."""
+        """Owner first, then admins, then members; by name within a role, in natural order."""
         rank = Case(When(role=Role.OWNER, then=0), When(role=Role.ADMIN, then=1), default=2)
-        return self.order_by(rank, Lower("user__name"), "user__email")
+        return self.order_by(rank, "user__sort_key", "user__email")
 
 
 class Membership(models.Model):

@@ -3,6 +3,8 @@
 from django.core.paginator import Paginator
 from django.utils.functional import cached_property
 
+MAX_PAGE_NUMBER = 1_000_000
+
 
 class LongListPaginator(Paginator):
     """Django's paginator, except that it counts no more rows than it must.
@@ -24,7 +26,9 @@ class LongListPaginator(Paginator):
 
     def get_page(self, number):
         try:
-            number = max(1, int(number))
+            # Capped so that the LIMIT of the count below stays a number the database takes (a page
+            # number of 30 digits would overflow it): no list is paged this far.
+            number = min(max(1, int(number)), MAX_PAGE_NUMBER)
         except (TypeError, ValueError):
             number = 1  # as Django's get_page does with a missing or malformed number
         self.reach = number * self.per_page

@@ -17,6 +17,7 @@ member_urls = [
 urlpatterns = [
     path("", views.home, name="home"),
     path("o/<slug:org_id>/", views.org_home, name="org_home"),
+    path("account/", views.account, name="account"),
     path("o/<slug:org_id>/members/", include(member_urls)),
     path("invitations/<slug:token>/", views.accept_invitation, name="accept_invitation"),
     path("invitations/<slug:token>/set-password/", views.invitation_password_link, name="invitation_password_link"),

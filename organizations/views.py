@@ -17,7 +17,16 @@ from . import actions, errors, throttle
 from .audit import client_ip
 from .confirm import Confirmation, ask_to_confirm
 from .csv_stream import streaming_csv_response
-from .forms import InviteForm, RoleForm, SetFirstPasswordResetForm, SignUpForm, TransferOwnershipForm
+from .forms import (
+    InviteForm,
+    MembersFilterForm,
+    ProfileForm,
+    RoleForm,
+    SetFirstPasswordResetForm,
+    SignUpForm,
+    TransferOwnershipForm,
+)
+from .htmx import render_filtered
 from .models import Invitation, Membership, Organization, Role, User
 from .permissions import last_organization_id, org_manager_required, org_member_required, org_owner_required
 
@@ -37,6 +46,18 @@ def home(request):
     return redirect("licenses", organization.public_id)
 
 
+@login_required
+def account(request):
+    """A person's profile: their name, and the way to their password and API keys."""
+    form = ProfileForm(request.POST or None, instance=request.user)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        name = request.user.name
+        messages.success(request, f"You are shown as {name}." if name else "You are shown by your email address.")
+        return redirect("account")
+    return render(request, "organizations/account.html", {"form": form}, status=400 if form.errors else 200)
+
+
 @org_member_required
 def org_home(request):
     return redirect("licenses", request.organization.public_id)
@@ -46,18 +67,22 @@ def _link_builder(request):
     return lambda invitation: request.build_absolute_uri(invitation.get_absolute_url())
 
 
-def _members_url(request, page=None):
+def _members_url(request, data=None):
+    """The members page; given a row's post (`data`), the same filtered page of the list it was on."""
     url = reverse("members", args=[request.organization.public_id])
-    return f"{url}?{urlencode({'page': page})}" if page and str(page).isdigit() else url
+    values = MembersFilterForm(data, prefix="list").values() if data is not None else {}
+    return f"{url}?{urlencode(values)}" if values else url
 
 
 def _base_context(request):
     organization = request.organization
+    products = set(LicensePool.objects.for_org(organization).values_list("product", flat=True))
     return {
         "organization": organization,
         "can_manage": request.membership.can_manage,
         "is_owner": request.membership.is_owner,
-        "has_re_pool": LicensePool.objects.for_org(organization).filter(product=Product.RE).exists(),
+        "has_re_pool": Product.RE in products,
+        "has_kse_pool": Product.KSE in products,
     }
 
 
@@ -87,17 +112,29 @@ def _active_count(request):
     return Membership.objects.active().filter(organization=request.organization).count()
 
 
-def _members_context(request, page_number):
+def _active_list_context(request, filters):
+    """The active members list: one query for the page, one to count what matches, and one more
+    for the whole count when a filter is on, whatever the organization's size."""
     organization = request.organization
-    active = Membership.objects.active().filter(organization=organization).with_activity(organization).by_rank()
-    page = Paginator(active, ACTIVE_PER_PAGE).get_page(page_number)
+    active = Membership.objects.active().filter(organization=organization).with_activity(organization)
+    page = Paginator(filters.filter(active).by_rank(), ACTIVE_PER_PAGE).get_page(filters.values().get("page"))
+    return {
+        "page": page,
+        "filters": filters,
+        # What a row's form posts back, so that the person lands on the same list without JavaScript.
+        "list_values": {name: value for name, value in filters.values().items() if name != "page"}
+        | {"page": page.number},
+        "active_count": _active_count(request) if filters.is_filtering else page.paginator.count,
+    }
+
+
+def _members_context(request, filters):
+    organization = request.organization
     context = _base_context(request)
     context.update(_pending_context(request))
     context.update(_removed_context(request))
+    context.update(_active_list_context(request, filters))
     context.update(
-        page=page,
-        page_number=page.number,
-        active_count=page.paginator.count,
         invite_form=InviteForm(),
         transfer_form=(
             TransferOwnershipForm(organization=organization, user=request.user) if request.membership.is_owner else None
@@ -121,7 +158,12 @@ def _render_fragments(request, context, *fragments, swap_first=True):
 
 @org_member_required
 def members(request):
-    return render(request, MEMBERS_TEMPLATE, _members_context(request, request.GET.get("page")))
+    filters = MembersFilterForm(request.GET)
+    if request.htmx and request.htmx.target == "active-list":
+        # A search, a filter or another page: only the list changes.
+        context = _base_context(request) | _active_list_context(request, filters)
+        return render_filtered(request, MEMBERS_TEMPLATE, "active-list", context)
+    return render(request, MEMBERS_TEMPLATE, _members_context(request, filters))
 
 
 @org_manager_required
@@ -151,7 +193,7 @@ def invite(request):
             return redirect(_members_url(request))
     if request.htmx:
         return _render_fragments(request, {**_base_context(request), "invite_form": form}, "invite")
-    context = _members_context(request, request.POST.get("page"))
+    context = _members_context(request, MembersFilterForm(request.GET))
     context["invite_form"] = form
     return render(request, MEMBERS_TEMPLATE, context)
 
@@ -213,7 +255,7 @@ def change_role(request, membership_id):
             return HttpResponseClientRefresh()
         return _member_row(request, membership.pk, row_error=error, row_notice=notice)
     _flash(request, error=error, notice=notice)
-    return redirect(_members_url(request, request.POST.get("page")))
+    return redirect(_members_url(request, request.POST))
 
 
 @org_manager_required
@@ -222,7 +264,8 @@ def remove(request, membership_id):
     """GET asks first; POST removes."""
     membership = _active_membership_or_404(request, membership_id)
     if request.method == "GET":
-        page = request.GET.get("page", "")
+        # The list the person was on (its search, filters and page) goes through the confirmation.
+        back = MembersFilterForm(request.GET, prefix="list").values()
         return ask_to_confirm(
             request,
             Confirmation(
@@ -233,9 +276,9 @@ def remove(request, membership_id):
                 ),
                 button="Remove member",
                 action_url=request.path,
-                cancel_url=_members_url(request, page),
+                cancel_url=_members_url(request, request.GET),
                 hx_target=f"#member-{membership.pk}",
-                hidden=[("page", page)] if page.isdigit() else [],
+                hidden=[(f"list-{name}", str(value)) for name, value in back.items()],
             ),
         )
     try:
@@ -258,7 +301,7 @@ def remove(request, membership_id):
             # invitations (theirs were revoked with them) follow.
             return _render_fragments(request, context, "removed", "active-count", "pending", swap_first=False)
         messages.success(request, notice)
-    return redirect(_members_url(request, request.POST.get("page")))
+    return redirect(_members_url(request, request.POST))
 
 
 @org_owner_required
@@ -279,7 +322,7 @@ def transfer_ownership(request):
         else:
             messages.success(request, f"{successor.user.display_name} is now the owner; you are an admin.")
             return redirect(_members_url(request))
-    context = _members_context(request, request.POST.get("page"))
+    context = _members_context(request, MembersFilterForm(request.GET))
     context["transfer_form"] = form
     return render(request, MEMBERS_TEMPLATE, context)
 

@@ -36,8 +36,8 @@ from .models import (
 )
 
 IDEMPOTENCY_RETENTION = timedelta(hours=48)
-# A claim older than this without an answer belongs to a request that died (a killed worker, a lost
-# database): a retry may take the key over instead of being told "in use" forever.
+# Claims now commit only with their answer (claim_idempotency_key). One committed without an answer,
+# by a release that committed claims apart from their decision, is taken over once this old.
 IDEMPOTENCY_CLAIM_TIMEOUT = timedelta(minutes=2)
 
 
@@ -835,10 +835,22 @@ def request_fingerprint(body: dict) -> str:
 
 def claim_idempotency_key(*, api_key: ApiKey, key: str, fingerprint: str) -> IdempotencyClaim:
     """Claim `key` for a request made with `api_key`, or find the answer a finished one left with
-    that same API key (another key's request, even the same person's, is decided afresh). The claim
-    commits at once (its own transaction), so a concurrent duplicate sees it and is told the key is
-    in use instead of waiting on a row lock or taking a second license."""
+    that same API key (another key's request, even the same person's, is decided afresh).
+
+    Call inside the transaction that decides the request and stores its answer. The claim is a row
+    that transaction inserts: a concurrent duplicate's insert waits on the unique index until the
+    first request's transaction ends, then replays the answer it committed; if it rolled back (a
+    database fault, a worker killed mid-request), the duplicate's insert succeeds and it is decided
+    afresh. So every copy gets the same answer, and no claim outlives the request that made it."""
     for _ in range(3):
+        try:
+            with transaction.atomic():
+                claim = IdempotencyRecord.objects.create(
+                    api_key=api_key, key=key, request_fingerprint=fingerprint, created_at=Now()
+                )
+                return IdempotencyClaim(claim, False)
+        except IntegrityError:
+            pass
         # Claims are timed by the database's clock, so web hosts whose clocks differ agree on when
         # a claim was abandoned.
         existing = (
@@ -851,21 +863,15 @@ def claim_idempotency_key(*, api_key: ApiKey, key: str, fingerprint: str) -> Ide
             .first()
         )
         if existing is None:
-            try:
-                with transaction.atomic():
-                    claim = IdempotencyRecord.objects.create(
-                        api_key=api_key, key=key, request_fingerprint=fingerprint, created_at=Now()
-                    )
-                    return IdempotencyClaim(claim, False)
-            except IntegrityError:
-                continue
+            continue  # deleted by housekeeping meanwhile
         if existing.request_fingerprint != fingerprint:
             raise errors.IdempotencyKeyReused()
         if existing.status_code is not None:
             return IdempotencyClaim(existing, True)
+        # A committed claim without an answer was left by releases that committed the claim apart
+        # from the decision: in use while recent, taken over once abandoned.
         if not existing.abandoned:
             raise errors.IdempotencyKeyInUse()
-        # The request that claimed it died without answering; take the claim over.
         if IdempotencyRecord.objects.filter(
             pk=existing.pk, status_code__isnull=True, created_at=existing.created_at
         ).update(created_at=Now()):
@@ -877,11 +883,6 @@ def claim_idempotency_key(*, api_key: ApiKey, key: str, fingerprint: str) -> Ide
 def complete_idempotency_claim(*, record: IdempotencyRecord, status_code: int, body: dict) -> None:
     """Store the answer; call inside the transaction of the change it answers."""
     IdempotencyRecord.objects.filter(pk=record.pk).update(status_code=status_code, response_body=body)
-
-
-def abandon_idempotency_claim(*, record: IdempotencyRecord) -> None:
-    """Drop a claim whose request was never processed (the database failed), so its retry is served."""
-    IdempotencyRecord.objects.filter(pk=record.pk, status_code__isnull=True).delete()
 
 
 def iso(value: datetime | None) -> str | None:

@@ -13,7 +13,7 @@ from functools import wraps
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -30,6 +30,8 @@ from .openapi import openapi_document
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024
+# The request has one level; the margin is for fields a later version may add.
+MAX_JSON_DEPTH = 8
 RETRY_AFTER_UNAVAILABLE = 5
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 BEARER = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
@@ -184,6 +186,22 @@ def _unavailable():
     )
 
 
+def _refuse_json_constant(name):
+    # Python's json reads NaN and Infinity, which JSON does not have and no engine sends.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _depth(value):
+    """How deeply `value` nests arrays and objects, counted without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _json_body(request):
     try:
         raw = request.body
@@ -191,12 +209,27 @@ def _json_body(request):
         raise invalid_request({"body": ["The body is too large or could not be read."]}) from exc
     if len(raw) > MAX_BODY_BYTES:
         raise invalid_request({"body": [f"The body must be at most {MAX_BODY_BYTES} bytes."]})
+    # A form post (a browser's, say) or any other declared type is not an engine speaking JSON, even
+    # when its bytes would parse; the charset parameter is allowed and the body must be UTF-8 anyway.
+    if raw and request.content_type.lower() != "application/json":
+        raise invalid_request(
+            {"Content-Type": ["Send the body as JSON with the header 'Content-Type: application/json'."]},
+            "The request body must be JSON.",
+        )
     try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise invalid_request({"body": ["The body must be a JSON object."]}) from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid_request({"body": ["The body must be UTF-8 encoded JSON."]}) from exc
+    try:
+        body = json.loads(text, parse_constant=_refuse_json_constant)
+    except RecursionError as exc:
+        raise invalid_request({"body": [f"The body nests deeper than {MAX_JSON_DEPTH} levels."]}) from exc
+    except ValueError as exc:  # not JSON, NaN, or an integer longer than Python converts
+        raise invalid_request({"body": [f"The body must be a JSON object; it is not valid JSON ({exc})."]}) from exc
     if not isinstance(body, dict):
         raise invalid_request({"body": ["The body must be a JSON object."]})
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise invalid_request({"body": [f"The body nests deeper than {MAX_JSON_DEPTH} levels."]})
     return body
 
 
@@ -376,32 +409,34 @@ def activate(request):
             result = decide()
         return _activation_response(*_answer(result))
 
-    claim = actions.claim_idempotency_key(
-        api_key=api_key, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
-    )
-    if claim.replay:
-        return _activation_response(claim.record.status_code, claim.record.response_body)
-
-    def store(result):
-        status, answer = _answer(result)
-        actions.complete_idempotency_claim(record=claim.record, status_code=status, body=answer)
-
-    try:
-        result = decide(on_answer=store)
-    except errors.LicenseRefusal as refusal:
-        # The contract: a retry returns the first response, a refusal included. An engine that wants
-        # a fresh decision (after a license frees up) sends a new key.
-        actions.complete_idempotency_claim(
-            record=claim.record,
-            status_code=refusal.status,
-            body=error_body(refusal.code, refusal.message, refusal.details),
+    # The claim, the decision and the stored answer are one transaction: a duplicate sent meanwhile
+    # waits for it and replays its answer, and a request that dies (its worker killed, its database
+    # connection cut) takes its claim with it, so the retry is decided afresh, at once.
+    refused = None
+    with transaction.atomic():
+        claim = actions.claim_idempotency_key(
+            api_key=api_key, key=idempotency_key, fingerprint=actions.request_fingerprint(body)
         )
-        raise
-    except DatabaseError:
-        # Nothing was processed, so the retry a 503 asks for is decided afresh instead of being told
-        # the key is in use. With the database gone this fails too, and the claim times out.
-        actions.abandon_idempotency_claim(record=claim.record)
-        raise
+        if claim.replay:
+            return _activation_response(claim.record.status_code, claim.record.response_body)
+
+        def store(result):
+            status, answer = _answer(result)
+            actions.complete_idempotency_claim(record=claim.record, status_code=status, body=answer)
+
+        try:
+            result = decide(on_answer=store)
+        except errors.LicenseRefusal as refusal:
+            # The contract: a retry returns the first response, a refusal included. An engine that
+            # wants a fresh decision (after a license frees up) sends a new key.
+            actions.complete_idempotency_claim(
+                record=claim.record,
+                status_code=refusal.status,
+                body=error_body(refusal.code, refusal.message, refusal.details),
+            )
+            refused = refusal
+    if refused is not None:
+        raise refused
     return _activation_response(*_answer(result))
 
 

@@ -199,6 +199,11 @@ class EngineSession(models.Model):
         return self.ended_at is None and self.lease_expires_at > timezone.now()
 
     @property
+    def short_id(self):
+        """Enough of the id to tell two sessions on one machine apart at a glance (48 random bits)."""
+        return self.public_id[:10]
+
+    @property
     def termination_reason(self):
         """Why a session that no longer holds a license ended (lapsed leases count as expired)."""
         return self.end_reason or EndReason.EXPIRED

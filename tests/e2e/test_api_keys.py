@@ -80,6 +80,7 @@ def test_a_key_from_the_generator_works_until_it_is_revoked(page, person):
     assert status == 201, body
     assert body["organization"]["name"] == "Acme QA"
 
+    page.locator(".account-menu > summary").click()  # API keys are in the account menu
     page.get_by_role("banner").get_by_role("link", name="API keys").click()
     page.get_by_role("button", name=re.compile(r"^Revoke katalonc for Acme QA")).click()
     confirm(page, "Revoke key")

@@ -53,7 +53,7 @@ def test_the_owner_sees_every_section_and_figure(owner_client, kse_pool, re_pool
         "Katalon Runtime Engine (RE)",
         "Subscription",
         "Licensed users",
-        "Members to license",
+        "Assign licenses",
         "Online licenses",
         "Registered machines",
         "Offline licenses",
@@ -447,3 +447,49 @@ def test_each_machine_shows_how_many_of_its_sessions_are_live(owner_client, re_p
     machines = {machine.pk: machine for machine in owner_client.get(product_url(re_pool)).context["machines"]}
     assert machines[busy.pk].live_session_count == 2
     assert machines[quiet.pk].live_session_count == 0
+
+
+# The online licenses refresh themselves (every 45 s): session, user, organization with membership,
+# the pool, the page of sessions and its count; a whole page takes MAX_PAGE_QUERIES.
+SESSIONS_REFRESH_QUERIES = 7
+
+
+def test_the_live_sessions_refresh_is_one_section_in_a_fixed_number_of_queries(
+    owner_client, re_pool, django_assert_max_num_queries
+):
+    """htmx's poll gets the online licenses section alone, with each session's short id and engine
+    version and when it was drawn, for as many queries with 60 sessions as with one."""
+    factories.EngineSessionFactory(pool=re_pool, engine_version="10.2.0")
+    path = product_url(re_pool) + "?section=sessions"
+    assert "10.2.0" in owner_client.get(path, headers=HTMX).text
+    one = count_queries_htmx(owner_client, path)
+    sessions = factories.EngineSessionFactory.create_batch(59, pool=re_pool, engine_version="9.7.2")
+    with django_assert_max_num_queries(SESSIONS_REFRESH_QUERIES):
+        response = owner_client.get(path, headers=HTMX)
+    html = response.text
+    assert html.lstrip().startswith('<section id="online-licenses"') and 'id="machines"' not in html
+    assert 'hx-trigger="every 45s' in html and "Updated <time" in html
+    assert f'<abbr title="{sessions[-1].public_id}">{sessions[-1].short_id}</abbr>' in html
+    assert "9.7.2" in html
+    assert count_queries_htmx(owner_client, path) == one
+    assert "Vary" in response.headers and "HX-Request" in response.headers["Vary"]
+
+
+def test_without_htmx_the_refresh_address_is_the_whole_page(owner_client, re_pool):
+    """Opened directly (or with JavaScript off) the section's address shows the whole page."""
+    response = owner_client.get(product_url(re_pool) + "?section=sessions")
+    assert response.status_code == 200 and "<html" in response.text and 'id="machines"' in response.text
+
+
+def test_members_cannot_poll_the_managers_section(member_client, re_pool):
+    """A member's page has no online licenses list, so its refresh gives them the page, not the list."""
+    factories.EngineSessionFactory(pool=re_pool)
+    response = member_client.get(product_url(re_pool) + "?section=sessions", headers=HTMX)
+    assert 'id="online-licenses"' not in response.text
+
+
+def count_queries_htmx(client, path):
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(path, headers=HTMX)
+    assert response.status_code == 200
+    return len(captured.captured_queries)

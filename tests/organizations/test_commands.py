@@ -50,6 +50,20 @@ def test_an_existing_owner_gets_no_link(owner):
     assert Organization.objects.get(name="Second").memberships.get().user == owner
 
 
+def test_the_owner_name_names_a_new_account_and_fills_a_nameless_one(db):
+    """--owner-name is what pages show for a new owner; an existing account keeps a name it has."""
+    run("Acme", "--owner", "olga@example.com", "--owner-name", "  Olga Owner ")
+    assert get_user_model().objects.get(email="olga@example.com").display_name == "Olga Owner"
+    named = factories.UserFactory(name="Kept Name")
+    run("Second", "--owner", named.email, "--owner-name", "Other Name")
+    named.refresh_from_db()
+    assert named.name == "Kept Name"
+    nameless = factories.UserFactory(name="")
+    run("Third", "--owner", nameless.email, "--owner-name", "Now Named")
+    nameless.refresh_from_db()
+    assert nameless.name == "Now Named" and nameless.sort_key == "now named"
+
+
 def test_the_link_uses_the_given_base_url(db):
     """--base-url sets where the link points."""
     lines = run("Acme", "--owner", "x@example.com", "--base-url", "https://licenses.example.com/")
@@ -63,6 +77,7 @@ def test_the_link_uses_the_given_base_url(db):
         (["Acme", "--owner", "not-an-email"], "not a valid email address"),
         (["x" * 201, "--owner", "a@example.com"], "longer than 200"),
         (["Acme", "--owner", "a@example.com", "--base-url", "ftp://x"], r"not an http\(s\) address"),
+        (["Acme", "--owner", "a@example.com", "--owner-name", "n" * 151], "--owner-name is longer than 150"),
     ],
 )
 def test_bad_arguments_are_one_line_and_change_nothing(db, args, message):

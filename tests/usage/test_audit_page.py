@@ -13,7 +13,9 @@ from organizations import audit_views
 from organizations.audit import Action, record
 from organizations.models import AuditEvent
 
-AUDIT_PAGE_QUERIES = 6
+# Session, user, membership, count, page, and one for the names of the page's people
+# (audit_display.Names); a page that records organizations by id adds one for their names.
+AUDIT_PAGE_QUERIES = 7
 
 
 def audit_url(organization, **params):
@@ -88,7 +90,65 @@ def test_an_event_shows_who_what_whom_when_where_and_the_change(admin_client, or
     assert "Changed a role" in html
     assert "mia@example.com" in html
     assert "198.51.100.4" in html
-    assert "<del>member</del> → <ins>admin</ins>" in html
+    assert "<dt>Role</dt>" in html
+    assert "<del>Member</del> → <ins>Admin</ins>" in html
+
+
+def test_changes_read_as_named_fields_with_names_and_formatted_moments(
+    admin_client, organization, owner, django_assert_max_num_queries
+):
+    """The Change column names each field, shows moments in the portal's format, an organization by
+    its name rather than its id and people by name; a long record folds into <details>. The names
+    of a whole page cost one query per kind, not one per row."""
+    owner.name = "Olivia Owner"
+    owner.save()
+    now = timezone.now()
+    AuditEvent.objects.bulk_create(
+        AuditEvent(
+            organization=organization,
+            actor=owner,
+            actor_label=owner.email,
+            action=action,
+            target_label=label,
+            before=before,
+            after=after,
+            created_at=now - timedelta(seconds=n),
+        )
+        for n, (action, label, before, after) in enumerate(
+            [
+                (
+                    Action.OWNERSHIP_TRANSFERRED,
+                    "someone@example.com",
+                    {"owner": owner.email},
+                    {"owner": "someone@example.com", "previous_owner_role": "admin"},
+                )
+            ]
+            + [
+                (
+                    Action.API_KEY_CREATED,
+                    f"API key ci-{n}",
+                    None,
+                    {
+                        "name": f"ci-{n}",
+                        "prefix": "kat_ab12",
+                        "organization": organization.public_id,
+                        "expires_at": "2026-12-08T08:57:59.941197+00:00",
+                    },
+                )
+                for n in range(30)
+            ]
+        )
+    )
+    with django_assert_max_num_queries(AUDIT_PAGE_QUERIES + 1):
+        html = admin_client.get(audit_url(organization)).content.decode()
+    assert "<dt>Expires</dt>" in html and "<dt>expires_at</dt>" not in html
+    assert '<time datetime="2026-12-08T08:57:59.941197+00:00">2026-12-08 08:57 UTC</time>' in html
+    assert f"<dt>Organization</dt><dd><ins>{organization.name}</ins></dd>" in html
+    assert f"<ins>{organization.public_id}</ins>" not in html
+    assert "<summary>4 fields: Name, Expires, Key prefix, …</summary>" in html
+    assert "<dt>Owner</dt>" in html and "<del>Olivia Owner (" in html
+    assert "<dt>Previous owner&#x27;s new role</dt>" in html and "<ins>Admin</ins>" in html
+    assert ">Olivia Owner<br>" in html
 
 
 def test_filters_by_actor_action_and_date(owner_client, organization, owner, admin_user):

@@ -47,7 +47,7 @@ def test_lists_licenses_sessions_and_machines_per_organization(
     assert html.count("Katalon Runtime Engine: may use") == 2
     assert session.public_id in html
     # Once as the session's machine, once among the registered machines.
-    assert html.count('<td class="mono">build-agent-9') == 2
+    assert html.count('<td class="mono" data-label="Machine id">build-agent-9') == 2
 
 
 def test_a_person_without_a_seat_sees_it_is_missing(client, organization, kse_pool, member_user):

@@ -177,7 +177,6 @@ def test_pagination_keeps_the_filter(owner_client, organization, re_pool):
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"range": "custom"}, "Custom dates need both a first and a last day."),
         (
             {"range": "custom", "start": "2026-05-02", "end": "2026-05-01"},
             "The last day must not be before the first day.",
@@ -267,9 +266,9 @@ def test_export_marks_live_sessions_and_defuses_formulas(owner_client, organizat
 
 def test_export_of_bad_filter_is_refused(owner_client, organization, re_pool):
     """A bad filter on the export is a 400 with the message, not a file."""
-    response = owner_client.get(export_url(organization, range="custom"))
+    response = owner_client.get(export_url(organization, range="custom", end="2026-05-01"))
     assert response.status_code == 400
-    assert "Custom dates need both" in response.content.decode()
+    assert "Choose the first day too." in response.content.decode()
 
 
 @pytest.mark.postgres
@@ -290,11 +289,31 @@ def test_export_streams_over_a_server_side_cursor(owner_client, organization, re
 
 def test_a_bad_filter_over_htmx_answers_with_the_message_in_the_fragment(owner_client, organization, re_pool):
     """htmx swaps only successful answers, so a bad filter comes back as a fragment naming the problem."""
-    response = owner_client.get(usage_url(organization, range="custom"), headers={"HX-Request": "true"})
+    response = owner_client.get(
+        usage_url(organization, range="custom", start="2026-05-02", end="2026-05-01"), headers={"HX-Request": "true"}
+    )
     html = response.content.decode()
     assert response.status_code == 200
     assert html.lstrip().startswith('<div id="usage-results">')
-    assert 'role="alert"' in html and "From: Custom dates need both a first and a last day." in html
+    assert 'role="alert"' in html and "To: The last day must not be before the first day." in html
+
+
+@pytest.mark.parametrize(
+    "params, prompt",
+    [
+        ({"range": "custom"}, "Choose the first and the last day."),
+        ({"range": "custom", "start": "2026-05-01"}, "Choose the last day too."),
+    ],
+)
+def test_choosing_custom_dates_asks_for_the_days_without_an_error(owner_client, organization, re_pool, params, prompt):
+    """Choosing "Custom dates" submits the filter before a day can be entered (htmx, on change):
+    the page asks for the missing day, calmly, instead of showing two errors."""
+    for headers in ({}, {"HX-Request": "true"}):
+        response = owner_client.get(usage_url(organization, **params), headers=headers)
+        html = response.content.decode()
+        assert response.status_code == 200
+        assert prompt in html
+        assert 'role="alert"' not in html and "errorlist" not in html
 
 
 def test_a_long_filtered_history_is_counted_only_as_far_as_the_pages_need(

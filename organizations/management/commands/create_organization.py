@@ -8,7 +8,7 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
 from organizations.actions import create_organization, get_or_create_user
-from organizations.models import Organization
+from organizations.models import Organization, User
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
@@ -23,13 +23,20 @@ class Command(BaseCommand):
         parser.add_argument("name", help="The organization's name.")
         parser.add_argument("--owner", required=True, help="The owner's email address.")
         parser.add_argument(
+            "--owner-name",
+            default="",
+            help="The owner's name, as pages show it (for a new account; an existing account's name is set "
+            "only when it has none). The owner can change it on their profile.",
+        )
+        parser.add_argument(
             "--base-url",
             default=DEFAULT_BASE_URL,
             help=f"The portal's address, for the set-password link (default {DEFAULT_BASE_URL}).",
         )
 
-    def handle(self, *args, name, owner, base_url, **options):
+    def handle(self, *args, name, owner, owner_name, base_url, **options):
         name = name.strip()
+        owner_name = owner_name.strip()
         email = owner.strip().lower()
         base_url = base_url.rstrip("/")
         if not name:
@@ -37,6 +44,9 @@ class Command(BaseCommand):
         max_length = Organization._meta.get_field("name").max_length
         if len(name) > max_length:
             raise CommandError(f"The organization's name is longer than {max_length} characters.")
+        name_limit = User._meta.get_field("name").max_length
+        if len(owner_name) > name_limit:
+            raise CommandError(f"--owner-name is longer than {name_limit} characters.")
         try:
             validate_email(email)
         except ValidationError:
@@ -48,6 +58,9 @@ class Command(BaseCommand):
 
         with transaction.atomic():
             user, created = get_or_create_user(email)
+            if owner_name and not user.name:
+                user.name = owner_name
+                user.save(update_fields=["name"])
             organization = create_organization(name=name, owner=user)
 
         self.stdout.write(f"Created organization {organization.name!r} with owner {user.email}.")
