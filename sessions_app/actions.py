@@ -199,6 +199,11 @@ def _activate_kse(pool, engine, *, ticket, on_granted):
         )
     machine = pool.machines.registered().filter(machine_id=engine.machine_id).first()
     _end_earlier_kse_session(pool, engine.user, machine)
+    if machine is not None and machine.ephemeral and not pool.machines.registered().filter(pk=machine.pk).exists():
+        # The earlier session was the last on this ephemeral machine, so ending it deregistered the
+        # machine: the new session registers it again, within the machine quota, instead of running
+        # on a deregistered machine that no quota counts.
+        machine = None
     # The KSE quota counts licensed users (and offline licenses), never sessions: granting keeps
     # those within it, so a licensed user is never refused here for quota.
     licenses_used = pool.licensed_users.active().count() + pool.offline_licenses.unexpired().count()

@@ -3,7 +3,7 @@ licensed users plus unexpired offline licenses, never sessions."""
 
 import pytest
 
-from sessions_app.models import EndReason, EngineSession
+from sessions_app.models import EndReason, EngineSession, Machine
 from tests import factories
 
 from .conftest import Engine
@@ -52,6 +52,22 @@ def test_a_crashed_studio_activates_again_on_its_machine_at_once(licensed, organ
     response = licensed["a"].post(f"engine/sessions/{crashed.public_id}/heartbeat")
     assert response.status_code == 410
     assert response.json()["error"]["details"] == {"reason": "released"}
+
+
+def test_a_restarted_studio_on_an_ephemeral_machine_keeps_it_registered(licensed, organization):
+    """Found by the stateful test: the earlier session was the last on an ephemeral machine, so ending
+    it deregistered the machine, and the new session ran on the deregistered machine, counted by no
+    machine quota (with machine quota 1, a second person then took a second machine)."""
+    pool = organization.pools.get(product="KSE")
+    pool.machine_quota = 1
+    pool.save()
+    session_of(licensed["a"].activate(product="KSE", machine_id="ci-1", ephemeral=True))
+    restarted = session_of(licensed["a"].activate(product="KSE", machine_id="ci-1", ephemeral=True))
+    assert restarted.machine.is_registered
+    assert Machine.objects.registered().get().machine_id == "ci-1"
+    refused = licensed["b"].activate(product="KSE", machine_id="ci-2")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "machine_quota_exceeded"
 
 
 def test_activating_on_another_machine_signs_the_first_out(licensed):
