@@ -228,12 +228,28 @@ def end_session(request, product, session_id):
     return _respond(request, pool, "sessions", oob=("subscription", "machines"), extra={"sessions_notice": notice})
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @org_manager_required
 def remove_from_line(request, product, ticket_id):
-    """Take a waiting engine out of the RE pool's line; the ones behind it move up."""
+    """GET asks first; POST takes a waiting engine out of the RE pool's line, and the ones behind it
+    move up."""
     pool = _pool_or_404(request, product)
     ticket = get_object_or_404(pool.queue_tickets.select_related("user"), public_id=ticket_id)
+    if request.method == "GET":
+        return ask_to_confirm(
+            request,
+            Confirmation(
+                title="Take this engine out of the line?",
+                consequence=(
+                    f"The engine of {ticket.user.display_name} on {ticket.machine_id} loses its place and is told "
+                    "so at its next request; asking again puts it at the end of the line."
+                ),
+                button="Remove from line",
+                action_url=request.path,
+                cancel_url=_product_url(request, pool),
+                hx_target="#queue-line",
+            ),
+        )
     removed = actions.remove_ticket(
         organization=request.organization, ticket=ticket, actor=request.user, ip_address=client_ip(request)
     )

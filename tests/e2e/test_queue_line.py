@@ -4,7 +4,7 @@ JavaScript and as a plain form post without."""
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import sign_in
+from tests.e2e.conftest import confirm, sign_in
 from tests.factories import LicensePoolFactory, MembershipFactory, OrganizationFactory, QueueTicketFactory, UserFactory
 
 
@@ -30,6 +30,7 @@ def test_an_admin_takes_an_engine_out_of_the_line_and_the_rest_move_up(any_page)
     expect(line.get_by_role("row").nth(1)).to_contain_text("Mia Member")
 
     page.get_by_role("button", name="Remove from line ci-agent-1 of Mia Member").click()
+    confirm(page, "Remove from line")
     expect(page.get_by_role("status")).to_contain_text("Took ci-agent-1 of Mia Member out of the line")
     expect(line.get_by_role("row")).to_have_count(3)
     first = line.get_by_role("row").nth(1)

@@ -92,6 +92,16 @@ def test_another_organizations_ticket_is_not_found(owner_client, re_pool, other_
     assert QueueTicket.objects.get(pk=theirs.pk).outcome == ""
 
 
+def test_removing_asks_first_and_asking_changes_nothing(owner_client, re_pool, line):
+    """The button's GET names the engine and what happens to it; only the confirmation's POST removes."""
+    response = owner_client.get(remove_url(line[0]))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Take this engine out of the line?" in html and "ci-agent-0" in html
+    assert f'action="{remove_url(line[0])}"' in html and 'method="post"' in html
+    assert QueueTicket.objects.get(pk=line[0].pk).outcome == ""
+
+
 def test_removing_needs_the_csrf_token(owner, re_pool, line):
     client = Client(enforce_csrf_checks=True)
     client.force_login(owner)
