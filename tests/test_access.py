@@ -101,6 +101,7 @@ ROWS = {
     "member_remove": Row("POST", (302, 403, 302, 302, 404), member_id),
     "invitation_resend": Row("POST", (302, 403, 302, 302, 404), invitation_id),
     "invitation_revoke": Row("POST", (302, 403, 302, 302, 404), invitation_id),
+    "account": Row("GET", SIGNED_IN),
     "accept_invitation": Row("GET", PUBLIC, invitation_token, token_bearer=True),
     "invitation_password_link": Row("POST", (200, 302, 302, 302, 302), invitation_token, token_bearer=True),
     # django.contrib.auth
@@ -122,6 +123,7 @@ ROWS = {
     # licenses
     "licenses": Row("GET", (302, 302, 302, 302, 404), org),  # on to the first product's page
     "licenses_product": Row("GET", MEMBER_PAGE, re_pool),
+    "licenses_assign": Row("GET", MANAGER_PAGE, kse_pool),
     "licenses_grant": Row("POST", (302, 403, 200, 200, 404), kse_pool),
     "licenses_revoke": Row("POST", (302, 403, 200, 200, 404), kse_pool),
     "licenses_end_session": Row(
