@@ -117,11 +117,9 @@
     document.getElementById("katalonc-command").focus();
   });
 
+  // app.js then moves focus to the new panel (a status) and announces it.
   document.body.addEventListener("htmx:afterSwap", (event) => {
-    if (event.detail.target !== newKeys) return;
-    render();
-    const panel = newKeys.querySelector(".new-key");
-    if (panel) panel.focus();
+    if (event.detail.target === newKeys) render();
   });
 
   render();
