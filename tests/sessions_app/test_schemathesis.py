@@ -5,7 +5,7 @@ Every operation is fuzzed with data the document allows (positive) and data it f
 no answer is a 5xx, and every answer conforms to the document (status code documented, content type
 documented, documented headers present, body valid against its schema).
 
-CI runs SCHEMATHESIS_CASES=500 (the default) in total; a longer run is
+CI runs the default 500 cases in its PostgreSQL pass (and 100 in the SQLite one); a longer run is
 `SCHEMATHESIS_CASES=20000 .venv/bin/python -m pytest tests/sessions_app/test_schemathesis.py`
 (docs/RELIABILITY.md)."""
 
