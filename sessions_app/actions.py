@@ -473,16 +473,18 @@ def _terminated(session):
     )
 
 
-def heartbeat_at_once(*, api_key: ApiKey, session_id: str) -> hotpath.Lease | None:
-    """heartbeat() of a live session in one statement (hotpath.py), or None having changed nothing:
+def heartbeat_at_once(*, key_hash: str, session_id: str) -> tuple[hotpath.Lease, ApiKey] | None:
+    """Authenticate the key with this hash and do heartbeat() of its person's live session, in one
+    statement (hotpath.py): the lease and the key. Or None having changed nothing: authenticate and
     call heartbeat() then, which answers 404 or 410 and ends what must end."""
-    return hotpath.heartbeat(api_key=api_key, session_id=session_id)
+    return hotpath.heartbeat(key_hash=key_hash, session_id=session_id)
 
 
-def release_at_once(*, api_key: ApiKey, session_id: str) -> hotpath.Released | None:
-    """release_session() of a live session on a machine that is not ephemeral, in one statement
-    (hotpath.py), or None having changed nothing: call release_session() then."""
-    return hotpath.release(api_key=api_key, session_id=session_id, released=EndReason.RELEASED)
+def release_at_once(*, key_hash: str, session_id: str) -> tuple[hotpath.Released, ApiKey] | None:
+    """Authenticate the key with this hash and do release_session() of its person's live session on a
+    machine that is not ephemeral, in one statement (hotpath.py): the ended session and the key. Or
+    None having changed nothing: authenticate and call release_session() then."""
+    return hotpath.release(key_hash=key_hash, session_id=session_id, released=EndReason.RELEASED)
 
 
 def heartbeat(*, user, session_id: str, organization: Organization | None = None) -> EngineSession:

@@ -104,12 +104,13 @@ def _too_many_failures(wait):
     )
 
 
-def _authenticate(request):
+def _authenticate(request, *, counted_wait=None):
     """The usable key presented, counted against its rate limit. One answer for every kind of failure,
     so the API cannot be used to learn which keys exist, were revoked or have expired.
 
     A valid key costs one cache round trip (its counter) and no database query beyond its lookup; a
-    failure counts against the client's address instead (sessions_app.ratelimit)."""
+    failure counts against the client's address instead (sessions_app.ratelimit). `counted_wait` is
+    what counting this request already answered (_at_once counts before it knows the key is valid)."""
     presented_hash = _presented_hash(request)
     address = client_ip(request) or "unknown"
     wait = ratelimit.address_blocked(address)
@@ -127,12 +128,39 @@ def _authenticate(request):
             "Create a key on the portal's API keys page.",
             headers={"WWW-Authenticate": 'Bearer realm="katalon-admin"'},
         )
-    wait = ratelimit.count_request(presented_hash)
+    wait = ratelimit.count_request(presented_hash) if counted_wait is None else counted_wait
     if wait:
         limit = settings.API_RATE_LIMIT
         raise _rate_limited(f"Too many requests for this API key: at most {limit} a minute.", "key", limit, wait)
     actions.touch_api_key(api_key)
     return api_key
+
+
+def _at_once(request, job):
+    """Authenticate and do the request's job in one statement, when it is the common case. `job(key
+    hash)` calls an actions.*_at_once function, which returns (answer, key used) having authenticated
+    the key and done the job, or None having changed nothing; `job` is None when it is not worth a try.
+    Returns (answer, None) when the job was done, else (None, the key authenticated as _authenticate
+    does it, raising every refusal) for the general path to decide.
+
+    The request is counted against its key before the statement, since the statement writes: a key
+    over its limit does nothing and is answered by _authenticate (401 if it is not valid after all,
+    else 429), without being counted twice."""
+    presented_hash = _presented_hash(request)
+    if (
+        job is None
+        or presented_hash is None
+        or not hotpath.enabled()
+        or ratelimit.address_blocked(client_ip(request) or "unknown")
+    ):
+        return None, _authenticate(request)
+    wait = ratelimit.count_request(presented_hash)
+    done = None if wait else job(presented_hash)
+    if done is None:
+        return None, _authenticate(request, counted_wait=wait)
+    answer, api_key = done
+    actions.touch_api_key(api_key)
+    return answer, None
 
 
 def endpoint(*methods, authenticated=True):
@@ -445,12 +473,14 @@ def _session_or_404(session_id):
         raise errors.SessionNotFound(f"No session {session_id[:64]} of yours exists.")
 
 
-@endpoint("POST")
+@endpoint("POST", authenticated=False)
 def heartbeat(request, session_id):
-    _session_or_404(session_id)
-    api_key = request.api_key
-    lease = actions.heartbeat_at_once(api_key=api_key, session_id=session_id)
+    def at_once(key_hash):
+        return actions.heartbeat_at_once(key_hash=key_hash, session_id=session_id)
+
+    lease, api_key = _at_once(request, at_once if SESSION_ID.fullmatch(session_id) else None)
     if lease is None:
+        _session_or_404(session_id)
         session = actions.heartbeat(user=api_key.user, session_id=session_id, organization=api_key.organization)
         lease = hotpath.Lease(session.public_id, session.lease_expires_at, session.pool.heartbeat_interval_seconds)
     return JsonResponse(
@@ -464,13 +494,17 @@ def heartbeat(request, session_id):
     )
 
 
-@endpoint("POST")
+@endpoint("POST", authenticated=False)
 def release(request, session_id):
-    _session_or_404(session_id)
-    api_key = request.api_key
-    session = actions.release_at_once(api_key=api_key, session_id=session_id) or actions.release_session(
-        user=api_key.user, session_id=session_id, ip_address=client_ip(request), organization=api_key.organization
-    )
+    def at_once(key_hash):
+        return actions.release_at_once(key_hash=key_hash, session_id=session_id)
+
+    session, api_key = _at_once(request, at_once if SESSION_ID.fullmatch(session_id) else None)
+    if session is None:
+        _session_or_404(session_id)
+        session = actions.release_session(
+            user=api_key.user, session_id=session_id, ip_address=client_ip(request), organization=api_key.organization
+        )
     return JsonResponse(
         {"session": {"id": session.public_id, "ended_at": iso(session.ended_at), "end_reason": session.end_reason}}
     )

@@ -12,15 +12,23 @@ activation took cost about a fifth of a worker's time (docs/PERFORMANCE.md, "Whe
 tests/sessions_app/test_hot_path.py runs every case through both paths and compares what they write
 and answer.
 
+Each statement is a server-side prepared statement, prepared once per database connection: planning
+these joins cost PostgreSQL more than running them (0.2 ms to plan a heartbeat's update, 0.75 ms once
+it authenticates too, against 0.1 ms to run it), on every call. Behind PgBouncer in transaction
+pooling a connection's prepared statements would not follow it from one transaction to the next, so
+with `disable_server_side_cursors=true` in DATABASE_URL (which the README asks of that setup) the same
+statements are sent as plain SQL and planned each time.
+
 PostgreSQL only; SQLite (development, the default test run) takes the general path for everything
 but authentication.
 """
 
 import functools
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models.functions import Now
 from django.utils.dateparse import parse_datetime
 
@@ -54,14 +62,105 @@ def _datetime(value):
     return value
 
 
+def enabled():
+    """Whether the hot path runs: on PostgreSQL. SQLite takes the general path."""
+    return _enabled()
+
+
+def _enabled():
+    return connection.vendor == "postgresql"
+
+
+# The SQL type of every parameter of the statements below, declared when they are prepared, since
+# PostgreSQL cannot always infer one from its context.
+PARAMETER_TYPES = {
+    "key_hash": "text",
+    "session_id": "text",
+    "released": "text",
+    "seen_resolution": "interval",
+    "product": "text",
+    "user": "bigint",
+    "org_id": "text",
+    "key_organization": "bigint",
+    "machine_id": "text",
+    "hostname": "text",
+    "engine_version": "text",
+    "ephemeral": "boolean",
+}
+PARAMETER = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One hot-path statement, by the name it is prepared under, and its SQL with %(name)s parameters."""
+
+    name: str
+    sql: str
+
+    @functools.cached_property
+    def text(self):
+        return self.sql.strip().rstrip(";")
+
+    @functools.cached_property
+    def parameters(self):
+        return list(dict.fromkeys(PARAMETER.findall(self.sql)))
+
+    @functools.cached_property
+    def prepare(self):
+        numbers = {name: f"${index}" for index, name in enumerate(self.parameters, start=1)}
+        body = PARAMETER.sub(lambda match: numbers[match.group(1)], self.text)
+        types = ", ".join(PARAMETER_TYPES[name] for name in self.parameters)
+        return f"PREPARE {self.name} ({types}) AS {body}"
+
+    @functools.cached_property
+    def execute(self):
+        return f"EXECUTE {self.name} ({', '.join(f'%({name})s' for name in self.parameters)})"
+
+
+# Which statements this thread's database connection has prepared: (that connection, names), where
+# names is None when it is not known, because a round trip that was preparing failed part-way and
+# PREPARE is not undone by a rollback. The next round trip then starts from DEALLOCATE ALL.
+_PREPARED = "_hot_path_prepared"
+
+
+def _run(cursor, *calls, before=""):
+    """Run the statements of `calls` ((Statement, parameters) pairs) in one round trip, as one simple
+    query (so one transaction in autocommit), after `before` (plain SQL). Each statement is prepared
+    in that same round trip the first time this connection runs it, and executed. With server-side
+    state off (PgBouncer in transaction pooling) the statements are sent as plain SQL instead."""
+    parameters = {}
+    for _statement, values in calls:
+        parameters.update(values)
+    parts = [before] if before else []
+    if not _enabled() or connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS"):
+        cursor.execute("; ".join(parts + [statement.text for statement, _values in calls]), parameters)
+        return
+    raw, prepared = getattr(connection, _PREPARED, (None, None))
+    if raw is not connection.connection:
+        raw, prepared = connection.connection, set()
+    if prepared is None:
+        parts.append("DEALLOCATE ALL")
+    missing = [statement for statement, _values in calls if not prepared or statement.name not in prepared]
+    parts += [statement.prepare for statement in missing]
+    parts += [statement.execute for statement, _values in calls]
+    try:
+        cursor.execute("; ".join(parts), parameters)
+    except DatabaseError:
+        setattr(connection, _PREPARED, (raw, None if missing else prepared))
+        raise
+    setattr(connection, _PREPARED, (raw, (prepared or set()) | {statement.name for statement in missing}))
+
+
 # Authentication: the key's own row and its person's, nothing else (the handlers need the person for
 # the general path and for audit records, the key's organization only by id). Same conditions as
-# ApiKey.objects.usable(); test_hot_path.py compares them.
+# ApiKey.objects.usable(); test_hot_path.py compares them. The heartbeat and the release below repeat
+# the conditions in their own statement (KEY_USABLE).
+KEY_USABLE = """apikey.key_hash = %(key_hash)s AND apikey.revoked_at IS NULL AND person.is_active
+    AND (apikey.expires_at IS NULL OR apikey.expires_at > {now})"""
 API_KEY_SQL = """
 SELECT apikey.id, apikey.organization_id, apikey.last_used_at, {person_columns}
 FROM {apikey} apikey JOIN {user} person ON person.id = apikey.user_id
-WHERE apikey.key_hash = %s AND apikey.revoked_at IS NULL AND person.is_active
-    AND (apikey.expires_at IS NULL OR apikey.expires_at > {now})
+WHERE {key_usable}
 """
 
 
@@ -70,19 +169,20 @@ def _person_fields():
 
 
 @functools.cache
-def _api_key_sql(vendor):
+def _api_key_statement(vendor):
     query = ApiKey.objects.all().query
     now, _ = query.get_compiler(connection=connection).compile(Now().resolve_expression(query))
     quote = connection.ops.quote_name
     person_columns = ", ".join(f"person.{quote(field.column)}" for field in _person_fields())
-    return API_KEY_SQL.format(now=now, person_columns=person_columns, **_tables())
+    sql = API_KEY_SQL.format(key_usable=KEY_USABLE.format(now=now), person_columns=person_columns, **_tables())
+    return Statement("katalon_api_key", sql)
 
 
 def usable_api_key(key_hash: str) -> ApiKey | None:
     """The usable key with this hash, with its person, or None. The key's other fields are deferred,
     as QuerySet.only() would leave them: loaded if read, never overwritten by a save."""
     with connection.cursor() as cursor:
-        cursor.execute(_api_key_sql(connection.vendor), [key_hash])
+        _run(cursor, (_api_key_statement(connection.vendor), {"key_hash": key_hash}))
         row = cursor.fetchone()
     if row is None:
         return None
@@ -105,8 +205,9 @@ def usable_api_key(key_hash: str) -> ApiKey | None:
     return api_key
 
 
-def _enabled():
-    return connection.vendor == "postgresql"
+def _used_key(pk, last_used_at):
+    """The key a hot-path statement authenticated, as much of it as actions.touch_api_key reads."""
+    return ApiKey.from_db(connection.alias, ["id", "last_used_at"], [pk, last_used_at])
 
 
 # An RE activation that is granted, as two statements sent in one round trip. PostgreSQL runs the
@@ -217,9 +318,10 @@ FROM decision
 
 
 @functools.cache
-def _activate_sql(org_named, key_restricted):
+def _activate_statements(org_named, key_restricted):
+    """The lock (one variant per kind of request) and the decision, as statements to prepare."""
     tables = _tables()
-    return ACTIVATE_SQL.format(
+    lock, decide = ACTIVATE_SQL.format(
         organization_named=(
             f"JOIN {tables['organization']} named ON named.id = candidate.organization_id "
             "AND named.public_id = %(org_id)s"
@@ -228,6 +330,10 @@ def _activate_sql(org_named, key_restricted):
         else "",
         key_organization="AND candidate.organization_id = %(key_organization)s" if key_restricted else "",
         **tables,
+    ).split(";\n")
+    return (
+        Statement(f"katalon_activate_lock_{org_named:d}{key_restricted:d}", lock),
+        Statement("katalon_activate", decide),
     )
 
 
@@ -250,22 +356,21 @@ def activate(
     if not _enabled() or product != Product.RE or release_previous or ticket is not None:
         return None
     session_id = generate_session_id()
+    lock, decide = _activate_statements(bool(org_id), api_key.organization_id is not None)
     with connection.cursor() as cursor:
-        cursor.execute(
-            _activate_sql(bool(org_id), api_key.organization_id is not None),
-            {
-                "product": product,
-                "user": api_key.user_id,
-                "org_id": org_id,
-                "key_organization": api_key.organization_id,
-                "machine_id": machine_id,
-                "hostname": hostname,
-                "engine_version": engine_version,
-                "ephemeral": ephemeral,
-                "session_id": session_id,
-                "seen_resolution": MACHINE_SEEN_RESOLUTION,
-            },
-        )
+        parameters = {
+            "product": product,
+            "user": api_key.user_id,
+            "org_id": org_id,
+            "key_organization": api_key.organization_id,
+            "machine_id": machine_id,
+            "hostname": hostname,
+            "engine_version": engine_version,
+            "ephemeral": ephemeral,
+            "session_id": session_id,
+            "seen_resolution": MACHINE_SEEN_RESOLUTION,
+        }
+        _run(cursor, (lock, parameters), (decide, parameters))
         row = cursor.fetchone()
     if row is None or not row[0]:
         return None
@@ -303,38 +408,45 @@ def activate(
     )
 
 
-# A heartbeat that extends a live lease: the session of this person (in the key's organization, if
-# restricted), not ended, lease still running, its pool in force, its person still an active member.
-# The same conditions actions.heartbeat checks, in the UPDATE that extends the lease, so no COMMIT
-# of its own either (autocommit). Its machine's last_seen_at moves as actions._note_machine_seen
-# moves it. No row: the general path says 404 or 410 (and ends what must end).
+# A heartbeat that extends a live lease, authenticated in the same statement: the session of the
+# key's person (in the key's organization, if the key is restricted to one), not ended, lease still
+# running, its pool in force, its person still an active member. The same conditions as
+# _authenticate() and actions.heartbeat() check, in the UPDATE that extends the lease. Its machine's
+# last_seen_at moves as actions._note_machine_seen moves it. No row: the general path authenticates
+# and answers 401, 404 or 410 (and ends what must end).
 HEARTBEAT_SQL = """
 WITH beat AS (
     UPDATE {session} session
     SET lease_expires_at = STATEMENT_TIMESTAMP() + pool.lease_seconds * INTERVAL '1 second',
         last_heartbeat_at = STATEMENT_TIMESTAMP()
-    FROM {pool} pool
-    WHERE session.public_id = %(session_id)s AND session.user_id = %(user)s AND pool.id = session.pool_id
-        {key_organization}
+    FROM {apikey} apikey, {user} person, {pool} pool
+    WHERE {key_usable} AND person.id = apikey.user_id
+        AND session.public_id = %(session_id)s AND session.user_id = apikey.user_id AND pool.id = session.pool_id
+        AND (apikey.organization_id IS NULL OR pool.organization_id = apikey.organization_id)
         AND session.ended_at IS NULL AND session.lease_expires_at > STATEMENT_TIMESTAMP()
         AND pool.starts_at <= STATEMENT_TIMESTAMP() AND STATEMENT_TIMESTAMP() < pool.expires_at
         AND EXISTS (SELECT 1 FROM {membership} membership WHERE membership.user_id = session.user_id
                     AND membership.organization_id = pool.organization_id AND membership.removed_at IS NULL)
-    RETURNING session.lease_expires_at, pool.lease_seconds, session.machine_id
+    RETURNING session.lease_expires_at, pool.lease_seconds, session.machine_id, apikey.id AS key_id,
+        apikey.last_used_at AS key_last_used_at
 ), seen AS (
     UPDATE {machine} machine SET last_seen_at = STATEMENT_TIMESTAMP()
     FROM beat
     WHERE machine.id = beat.machine_id AND machine.last_seen_at <= STATEMENT_TIMESTAMP() - %(seen_resolution)s
 )
-SELECT lease_expires_at, lease_seconds FROM beat
+SELECT lease_expires_at, lease_seconds, key_id, key_last_used_at FROM beat
 """
+# A heartbeat's commit need not wait for the disk: a crash that loses the last fraction of a second
+# of heartbeats leaves those leases where the previous heartbeat put them, a heartbeat interval
+# earlier and still running (a lease lasts several intervals), and the engine's next heartbeat
+# extends them again. Grants and releases still wait for theirs.
+HEARTBEAT_COMMIT = "SET LOCAL synchronous_commit TO OFF"
 
 
 @functools.cache
-def _heartbeat_sql(key_restricted):
-    return HEARTBEAT_SQL.format(
-        key_organization="AND pool.organization_id = %(key_organization)s" if key_restricted else "", **_tables()
-    )
+def _heartbeat_statement():
+    sql = HEARTBEAT_SQL.format(key_usable=KEY_USABLE.format(now="STATEMENT_TIMESTAMP()"), **_tables())
+    return Statement("katalon_heartbeat", sql)
 
 
 @dataclass(frozen=True)
@@ -344,55 +456,57 @@ class Lease:
     heartbeat_interval_seconds: int
 
 
-def heartbeat(*, api_key, session_id) -> Lease | None:
-    """Extend a live lease in one statement, or return None having changed nothing."""
+def heartbeat(*, key_hash, session_id) -> tuple[Lease, ApiKey] | None:
+    """Authenticate the key with this hash and extend its person's live lease in one statement: the
+    lease and the key used. Or None having changed nothing."""
     if not _enabled():
         return None
     with connection.cursor() as cursor:
-        cursor.execute(
-            _heartbeat_sql(api_key.organization_id is not None),
-            {
-                "session_id": session_id,
-                "user": api_key.user_id,
-                "key_organization": api_key.organization_id,
-                "seen_resolution": MACHINE_SEEN_RESOLUTION,
-            },
+        _run(
+            cursor,
+            (
+                _heartbeat_statement(),
+                {"key_hash": key_hash, "session_id": session_id, "seen_resolution": MACHINE_SEEN_RESOLUTION},
+            ),
+            before=HEARTBEAT_COMMIT,
         )
         row = cursor.fetchone()
     if row is None:
         return None
-    lease_expires_at, lease_seconds = row
-    return Lease(session_id, lease_expires_at, LicensePool(lease_seconds=lease_seconds).heartbeat_interval_seconds)
+    lease_expires_at, lease_seconds, key_pk, key_last_used_at = row
+    interval = LicensePool(lease_seconds=lease_seconds).heartbeat_interval_seconds
+    return Lease(session_id, lease_expires_at, interval), _used_key(key_pk, key_last_used_at)
 
 
-# A release of a live session on a machine that is not ephemeral, by an active member: what
-# EngineSession.objects.end(RELEASED) does to it (ended now, its machine seen now) in one statement.
-# An ephemeral machine may have to be deregistered once its last session ends, which needs a look at
-# its other sessions after this one's end is visible: the general path does that. No row: already
-# ended, lapsed, not a member any more, unknown, ephemeral: the general path answers.
+# A release of a live session on a machine that is not ephemeral, by an active member, authenticated
+# in the same statement as the heartbeat is: what EngineSession.objects.end(RELEASED) does to it (ended
+# now, its machine seen now). An ephemeral machine may have to be deregistered once its last session
+# ends, which needs a look at its other sessions after this one's end is visible: the general path
+# does that. No row: a bad key, already ended, lapsed, not a member any more, unknown, ephemeral: the
+# general path answers.
 RELEASE_SQL = """
 WITH ended AS (
     UPDATE {session} session SET ended_at = STATEMENT_TIMESTAMP(), end_reason = %(released)s
-    FROM {pool} pool, {machine} machine
-    WHERE session.public_id = %(session_id)s AND session.user_id = %(user)s AND pool.id = session.pool_id
-        {key_organization}
+    FROM {apikey} apikey, {user} person, {pool} pool, {machine} machine
+    WHERE {key_usable} AND person.id = apikey.user_id
+        AND session.public_id = %(session_id)s AND session.user_id = apikey.user_id AND pool.id = session.pool_id
+        AND (apikey.organization_id IS NULL OR pool.organization_id = apikey.organization_id)
         AND session.ended_at IS NULL AND session.lease_expires_at > STATEMENT_TIMESTAMP()
         AND machine.id = session.machine_id AND NOT machine.ephemeral
         AND EXISTS (SELECT 1 FROM {membership} membership WHERE membership.user_id = session.user_id
                     AND membership.organization_id = pool.organization_id AND membership.removed_at IS NULL)
-    RETURNING session.ended_at, session.machine_id
+    RETURNING session.ended_at, session.machine_id, apikey.id AS key_id, apikey.last_used_at AS key_last_used_at
 ), seen AS (
     UPDATE {machine} machine SET last_seen_at = STATEMENT_TIMESTAMP() FROM ended WHERE machine.id = ended.machine_id
 )
-SELECT ended_at FROM ended
+SELECT ended_at, key_id, key_last_used_at FROM ended
 """
 
 
 @functools.cache
-def _release_sql(key_restricted):
-    return RELEASE_SQL.format(
-        key_organization="AND pool.organization_id = %(key_organization)s" if key_restricted else "", **_tables()
-    )
+def _release_statement():
+    sql = RELEASE_SQL.format(key_usable=KEY_USABLE.format(now="STATEMENT_TIMESTAMP()"), **_tables())
+    return Statement("katalon_release", sql)
 
 
 @dataclass(frozen=True)
@@ -402,21 +516,15 @@ class Released:
     end_reason: str
 
 
-def release(*, api_key, session_id, released) -> Released | None:
-    """End a live session (reason released) in one statement, or return None having changed nothing."""
+def release(*, key_hash, session_id, released) -> tuple[Released, ApiKey] | None:
+    """Authenticate the key with this hash and end its person's live session (reason `released`) in one
+    statement: the session as ended and the key used. Or None having changed nothing."""
     if not _enabled():
         return None
     with connection.cursor() as cursor:
-        cursor.execute(
-            _release_sql(api_key.organization_id is not None),
-            {
-                "session_id": session_id,
-                "user": api_key.user_id,
-                "key_organization": api_key.organization_id,
-                "released": released,
-            },
-        )
+        _run(cursor, (_release_statement(), {"key_hash": key_hash, "session_id": session_id, "released": released}))
         row = cursor.fetchone()
     if row is None:
         return None
-    return Released(session_id, row[0], released)
+    ended_at, key_pk, key_last_used_at = row
+    return Released(session_id, ended_at, released), _used_key(key_pk, key_last_used_at)

@@ -1,7 +1,10 @@
 """The engine API's rate limits, counted in Django's cache: no database write per request.
 
 Two limits, per minute, from settings (0 turns one off):
-- API_RATE_LIMIT: requests per API key, counted once the key is known to be valid;
+- API_RATE_LIMIT: requests per API key, counted once the key is known to be valid, or on the hot
+  path's heartbeat and release (api._at_once) just before the statement that authenticates the key and
+  does the job, so that a request over the limit does nothing; a key that turns out not to be valid is
+  then counted as a failure of its address too;
 - API_AUTH_FAILURE_LIMIT: failed authentications per client address. Requests with a valid key never
   count against their address, so a fleet behind one NAT or one proxy is limited per key only.
 
@@ -170,8 +173,9 @@ def count_failure(address):
 
 
 def count_request(key_hash):
-    """Count a request made with a valid key. Returns the seconds to wait when it is over the key's
-    limit (answer 429), else 0. With the shared cache down the request is served uncounted."""
+    """Count a request made with a valid key (or, on the hot path, one about to be checked: see above).
+    Returns the seconds to wait when it is over the key's limit (answer 429), else 0. With the shared
+    cache down the request is served uncounted."""
     limit = settings.API_RATE_LIMIT
     if not limit and not settings.API_AUTH_FAILURE_LIMIT:
         return 0

@@ -1,11 +1,13 @@
 """The engine API's hot path (sessions_app/hotpath.py): what activation, heartbeat and release cost
 in queries, pinned, and that the one-round-trip statements answer and write what the general path
-does. On PostgreSQL a granted RE activation, a heartbeat of a live session and a release are one
-statement after the key's lookup; SQLite takes the general path (actions.py) for all of them."""
+does. On PostgreSQL a granted RE activation is one round trip after the key's lookup, and a heartbeat
+of a live session and a release are one statement that authenticates the key too; SQLite takes the
+general path (actions.py) for all of them."""
 
 import json
 import threading
 
+import psycopg2
 import pytest
 from django.db import connection, transaction
 from django.test import Client
@@ -58,11 +60,12 @@ def test_joining_the_line_costs_the_attempt_and_the_general_path(engine, re_pool
         assert poll(engine, ticket, "waiter").status_code == 202
 
 
-def test_heartbeat_and_release_cost_two_queries_on_postgresql(engine, roomy_pool, django_assert_num_queries):
+def test_heartbeat_and_release_cost_one_query_on_postgresql(engine, roomy_pool, django_assert_num_queries):
+    """The key is authenticated by the statement that extends the lease or ends the session."""
     session_id = engine.activate(machine_id="agent").json()["session"]["id"]
-    with django_assert_num_queries(on_postgresql(2, 5)):
+    with django_assert_num_queries(on_postgresql(1, 5)):
         assert engine.post(f"engine/sessions/{session_id}/heartbeat").status_code == 200
-    with django_assert_num_queries(on_postgresql(2, 10)):
+    with django_assert_num_queries(on_postgresql(1, 10)):
         assert engine.post(f"engine/sessions/{session_id}/release").status_code == 200
 
 
@@ -141,3 +144,70 @@ def test_a_granted_activation_waits_for_the_pools_lock_and_counts_what_committed
     waiting.join(timeout=30)
     assert answers == [409]
     assert EngineSession.objects.filter(pool=re_pool, ended_at__isnull=True).count() == 1
+
+
+def lease_and_end(session_id):
+    return EngineSession.objects.filter(public_id=session_id).values_list("lease_expires_at", "ended_at").get()
+
+
+@pytest.mark.parametrize("path", ["heartbeat", "release"])
+def test_a_heartbeat_or_release_the_statement_cannot_do_is_answered_as_the_general_path_answers(
+    engine, client, roomy_pool, member_user, organization, other_organization, monkeypatch, path
+):
+    """The statement that authenticates and extends (or ends) in one finds no row for a bad key, a
+    revoked or expired one, another person's key or a key of another organization: it changes nothing,
+    and the general path gives the same answer as with the hot path switched off."""
+    session_id = engine.activate(machine_id="agent").json()["session"]["id"]
+    other_member = factories.MembershipFactory(organization=organization).user
+    factories.MembershipFactory(organization=other_organization, user=member_user)
+    revoked = factories.ApiKeyFactory(user=member_user)
+    revoked.revoked_at = revoked.created_at
+    revoked.save()
+    keys = {
+        "unknown": "kat_" + "x" * 40,
+        "revoked": revoked.raw_key,
+        "another person's": factories.ApiKeyFactory(user=other_member).raw_key,
+        "another organization's": factories.ApiKeyFactory(user=member_user, organization=other_organization).raw_key,
+    }
+    before = lease_and_end(session_id)
+    for hot in on_postgresql((True, False), (False,)):
+        monkeypatch.setattr(hotpath, "_enabled", lambda hot=hot: hot)
+        answers = {}
+        for name, raw_key in keys.items():
+            response = Engine(client, raw_key).post(f"engine/sessions/{session_id}/{path}")
+            answers[name] = (response.status_code, response.json()["error"]["code"])
+        assert lease_and_end(session_id) == before
+        assert answers == {
+            "unknown": (401, "invalid_api_key"),
+            "revoked": (401, "invalid_api_key"),
+            "another person's": (404, "session_not_found"),
+            "another organization's": (404, "session_not_found"),
+        }, f"hot path {'on' if hot else 'off'}"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_round_trip_that_fails_while_preparing_leaves_the_connection_usable(engine, roomy_pool):
+    """The statements are prepared on each connection in the round trip that first runs them, and a
+    PREPARE outlives the rollback of a failure after it. Here the first activation on a new connection
+    gives up waiting for the pool's lock (another transaction holds it): 503, nothing granted. The
+    next activation on the same connection must still be granted, not trip over its own earlier
+    PREPARE ("prepared statement already exists")."""
+    connection.close()
+    holder = psycopg2.connect(**connection.get_connection_params())
+    try:
+        holder.cursor().execute("SELECT 1 FROM licenses_licensepool WHERE id = %s FOR UPDATE", [roomy_pool.pk])
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")
+        assert engine.activate(machine_id="agent").status_code == 503
+    finally:
+        holder.rollback()
+        holder.close()
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = 0")
+    response = engine.activate(machine_id="agent")
+    assert response.status_code == 201
+    session_id = response.json()["session"]["id"]
+    assert engine.post(f"engine/sessions/{session_id}/heartbeat").status_code == 200
+    assert engine.post(f"engine/sessions/{session_id}/release").status_code == 200
+    assert EngineSession.objects.filter(pool=roomy_pool).count() == 1

@@ -17,6 +17,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from sessions_app import ratelimit
+from sessions_app.models import EngineSession
 from tests import factories
 from tests.conftest import IN_CI
 
@@ -100,6 +101,23 @@ def test_a_key_is_limited_exactly_at_api_rate_limit(limiter_cache, settings, eng
     assert_rate_limited(engine.get("engine/organizations"), "key", 5)
     # Every endpoint of the key shares its count.
     assert_rate_limited(engine.post("engine/sessions/s_any/heartbeat"), "key", 5)
+
+
+def test_a_heartbeat_or_release_over_the_limit_changes_nothing(limiter_cache, settings, engine, re_pool):
+    """A 429 did nothing: the lease is not extended and the session not ended, although on PostgreSQL
+    the one statement that would have done it also authenticates the key (the count comes first)."""
+    settings.API_RATE_LIMIT = 2
+    session_id = engine.activate().json()["session"]["id"]
+    assert engine.post(f"engine/sessions/{session_id}/heartbeat").status_code == 200
+    session = EngineSession.objects.get(public_id=session_id)
+    assert_rate_limited(engine.post(f"engine/sessions/{session_id}/heartbeat"), "key", 2)
+    assert_rate_limited(engine.post(f"engine/sessions/{session_id}/release"), "key", 2)
+    after = EngineSession.objects.get(public_id=session_id)
+    assert (after.lease_expires_at, after.last_heartbeat_at, after.ended_at) == (
+        session.lease_expires_at,
+        session.last_heartbeat_at,
+        None,
+    )
 
 
 def test_each_key_has_its_own_count(limiter_cache, settings, client, member_user, re_pool):
