@@ -98,8 +98,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = bool(_health_checks)
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     # Behind PgBouncer in transaction pooling, DATABASE_URL ends in ?disable_server_side_cursors=true:
-    # a server-side cursor (QuerySet.iterator(), used by the CSV exports) must stay on one server
-    # connection across statements, which transaction pooling does not promise.
+    # a server-side cursor (QuerySet.iterator(), used by the CSV exports) and the engine API's prepared
+    # statements (sessions_app/hotpath.py) must stay on one server connection across transactions,
+    # which transaction pooling does not promise.
     _disable_cursors = DATABASES["default"].get("DISABLE_SERVER_SIDE_CURSORS", False)
     if isinstance(_disable_cursors, str):  # django-environ leaves "true" a string
         _disable_cursors = _disable_cursors.strip().lower() in {"true", "1", "yes", "on"}
