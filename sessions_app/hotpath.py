@@ -124,11 +124,18 @@ class Statement:
 _PREPARED = "_hot_path_prepared"
 
 
-def _run(cursor, *calls, before=""):
+def _fetch_row(*calls, before=""):
     """Run the statements of `calls` ((Statement, parameters) pairs) in one round trip, as one simple
-    query (so one transaction in autocommit), after `before` (plain SQL). Each statement is prepared
-    in that same round trip the first time this connection runs it, and executed. With server-side
-    state off (PgBouncer in transaction pooling) the statements are sent as plain SQL instead."""
+    query (so one transaction in autocommit), after `before` (plain SQL), and return the row the last
+    one answers, or None. Each statement is prepared in that same round trip the first time this
+    connection runs it, and executed. With server-side state off (PgBouncer in transaction pooling)
+    the statements are sent as plain SQL instead."""
+    with connection.cursor() as cursor:
+        _run(cursor, calls, before)
+        return cursor.fetchone()
+
+
+def _run(cursor, calls, before):
     parameters = {}
     for _statement, values in calls:
         parameters.update(values)
@@ -182,9 +189,7 @@ def _api_key_statement(vendor):
 def usable_api_key(key_hash: str) -> ApiKey | None:
     """The usable key with this hash, with its person, or None. The key's other fields are deferred,
     as QuerySet.only() would leave them: loaded if read, never overwritten by a save."""
-    with connection.cursor() as cursor:
-        _run(cursor, (_api_key_statement(connection.vendor), {"key_hash": key_hash}))
-        row = cursor.fetchone()
+    row = _fetch_row((_api_key_statement(connection.vendor), {"key_hash": key_hash}))
     if row is None:
         return None
     pk, organization_id, last_used_at, *person = row
@@ -372,21 +377,19 @@ def activate(
         return None
     session_id = generate_session_id()
     lock, decide = _activate_statements(bool(org_id), api_key.organization_id is not None)
-    with connection.cursor() as cursor:
-        parameters = {
-            "product": product,
-            "user": api_key.user_id,
-            "org_id": org_id,
-            "key_organization": api_key.organization_id,
-            "machine_id": machine_id,
-            "hostname": hostname,
-            "engine_version": engine_version,
-            "ephemeral": ephemeral,
-            "session_id": session_id,
-            "seen_resolution": MACHINE_SEEN_RESOLUTION,
-        }
-        _run(cursor, (lock, parameters), (decide, parameters))
-        row = cursor.fetchone()
+    parameters = {
+        "product": product,
+        "user": api_key.user_id,
+        "org_id": org_id,
+        "key_organization": api_key.organization_id,
+        "machine_id": machine_id,
+        "hostname": hostname,
+        "engine_version": engine_version,
+        "ephemeral": ephemeral,
+        "session_id": session_id,
+        "seen_resolution": MACHINE_SEEN_RESOLUTION,
+    }
+    row = _fetch_row((lock, parameters), (decide, parameters))
     if row is None or not row[0]:
         return None
     (
@@ -475,16 +478,13 @@ def heartbeat(*, key_hash, session_id) -> tuple[Lease, ApiKey] | None:
     lease and the key used. Or None having changed nothing."""
     if not _enabled():
         return None
-    with connection.cursor() as cursor:
-        _run(
-            cursor,
-            (
-                _heartbeat_statement(),
-                {"key_hash": key_hash, "session_id": session_id, "seen_resolution": MACHINE_SEEN_RESOLUTION},
-            ),
-            before=HEARTBEAT_COMMIT,
-        )
-        row = cursor.fetchone()
+    row = _fetch_row(
+        (
+            _heartbeat_statement(),
+            {"key_hash": key_hash, "session_id": session_id, "seen_resolution": MACHINE_SEEN_RESOLUTION},
+        ),
+        before=HEARTBEAT_COMMIT,
+    )
     if row is None:
         return None
     lease_expires_at, lease_seconds, key_pk, key_last_used_at = row
@@ -534,9 +534,7 @@ def release(*, key_hash, session_id, released) -> tuple[Released, ApiKey] | None
     statement: the session as ended and the key used. Or None having changed nothing."""
     if not _enabled():
         return None
-    with connection.cursor() as cursor:
-        _run(cursor, (_release_statement(), {"key_hash": key_hash, "session_id": session_id, "released": released}))
-        row = cursor.fetchone()
+    row = _fetch_row((_release_statement(), {"key_hash": key_hash, "session_id": session_id, "released": released}))
     if row is None:
         return None
     ended_at, key_pk, key_last_used_at = row
