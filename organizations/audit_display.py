@@ -89,10 +89,12 @@ class Change:
 
 
 class Names:
-    """Names for the ids and emails on one page of events, looked up in one query per kind
-    (organizations, people), never one per row."""
+    """Names for the ids and emails on one page of `organization`'s events, looked up in one query
+    per kind (organizations, people), never one per row. Only names the organization already knows
+    are shown: its own, and those of people who are or were its members. Anyone else stays the email
+    the event recorded, so inviting an address cannot reveal the name of its account elsewhere."""
 
-    def __init__(self, events):
+    def __init__(self, events, organization):
         org_ids, emails, actor_ids = set(), set(), set()
         for event in events:
             if event.actor_id:
@@ -103,13 +105,16 @@ class Names:
                         org_ids.add(values["organization"])
                     emails.update(values[key] for key in PERSON_KEYS if isinstance(values.get(key), str))
         self.organizations = (
-            dict(Organization.objects.filter(public_id__in=org_ids).values_list("public_id", "name")) if org_ids else {}
+            dict(
+                Organization.objects.filter(pk=organization.pk, public_id__in=org_ids).values_list("public_id", "name")
+            )
+            if org_ids
+            else {}
         )
         self.people_by_id, self.people_by_email = {}, {}
         if actor_ids or emails:
-            users = get_user_model().objects.filter(pk__in=actor_ids) | get_user_model().objects.filter(
-                email__in=emails
-            )
+            known = get_user_model().objects.filter(memberships__organization=organization)
+            users = (known.filter(pk__in=actor_ids) | known.filter(email__in=emails)).distinct()
             for pk, name, email in users.values_list("pk", "name", "email"):
                 self.people_by_id[pk] = name
                 self.people_by_email[email] = name

@@ -52,7 +52,7 @@ def audit_log(request):
         paginator = LongListPaginator(_events(request, form), AUDIT_PAGE_SIZE, bound=AUDIT_COUNT_BOUND)
         page = paginator.get_page(request.GET.get("page"))
         events = list(page)
-        names = Names(events)
+        names = Names(events, request.organization)
         context["page"] = page
         context["rows"] = [
             {

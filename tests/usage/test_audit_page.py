@@ -12,6 +12,7 @@ from django.utils import timezone
 from organizations import audit_views
 from organizations.audit import Action, record
 from organizations.models import AuditEvent
+from tests import factories
 
 # Session, user, membership, count, page, and one for the names of the page's people
 # (audit_display.Names); a page that records organizations by id adds one for their names.
@@ -149,6 +150,28 @@ def test_changes_read_as_named_fields_with_names_and_formatted_moments(
     assert "<dt>Owner</dt>" in html and "<del>Olivia Owner (" in html
     assert "<dt>Previous owner&#x27;s new role</dt>" in html and "<ins>Admin</ins>" in html
     assert ">Olivia Owner<br>" in html
+
+
+def test_people_and_organizations_outside_the_organization_keep_the_recorded_ids(
+    owner_client, organization, other_organization, owner
+):
+    """An invitation records the email invited; when that address has an account elsewhere, the log
+    does not reveal the account's name (an admin could otherwise learn any account's name by inviting
+    its address). Another organization's id stays an id too."""
+    stranger = factories.MembershipFactory(organization=other_organization).user
+    stranger.name = "Sally Stranger"
+    stranger.save()
+    with transaction.atomic():
+        record(
+            organization=organization,
+            actor=owner,
+            action=Action.MEMBER_INVITED,
+            target_label=stranger.email,
+            after={"email": stranger.email, "organization": other_organization.public_id},
+        )
+    html = owner_client.get(audit_url(organization)).content.decode()
+    assert stranger.email in html and other_organization.public_id in html
+    assert "Sally Stranger" not in html and other_organization.name not in html
 
 
 def test_filters_by_actor_action_and_date(owner_client, organization, owner, admin_user):
