@@ -118,6 +118,8 @@ def _authenticate(request, *, counted_wait=None):
         raise _too_many_failures(wait)
     api_key = hotpath.usable_api_key(presented_hash) if presented_hash is not None else None
     if api_key is None:
+        if counted_wait is not None:
+            ratelimit.forget_request(presented_hash)
         wait = ratelimit.count_failure(address)
         if wait:
             raise _too_many_failures(wait)

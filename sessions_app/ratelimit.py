@@ -4,7 +4,7 @@ Two limits, per minute, from settings (0 turns one off):
 - API_RATE_LIMIT: requests per API key, counted once the key is known to be valid, or on the hot
   path's heartbeat and release (api._at_once) just before the statement that authenticates the key and
   does the job, so that a request over the limit does nothing; a key that turns out not to be valid is
-  then counted as a failure of its address too;
+  then uncounted and counted as a failure of its address instead;
 - API_AUTH_FAILURE_LIMIT: failed authentications per client address. Requests with a valid key never
   count against their address, so a fleet behind one NAT or one proxy is limited per key only.
 
@@ -170,6 +170,17 @@ def count_failure(address):
     wait = retry_after(now)
     _local.set(_blocked_marker(address), now + wait, wait)
     return wait
+
+
+def forget_request(key_hash):
+    """Take back count_request() for a key that then turned out not to be valid (the hot path counts
+    before the statement that checks the key): its counter must not make it look in use to
+    key_in_use(), or a blocked address could keep sending it to the database."""
+    key = _key_counter(key_hash, _window(time.time()))
+    try:
+        _shared(lambda cache: cache.delete(key))
+    except Unavailable:
+        _local.delete(key)
 
 
 def count_request(key_hash):

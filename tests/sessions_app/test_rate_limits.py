@@ -143,6 +143,21 @@ def test_failed_authentications_are_limited_exactly_at_the_address_limit(limiter
     assert len(queries) == 0
 
 
+def test_a_bad_key_sent_to_the_hot_path_is_refused_unread_once_its_address_is_blocked(
+    limiter_cache, settings, client, re_pool
+):
+    """Heartbeat and release count a key before the statement that checks it; a key that fails is
+    uncounted, so once its address is blocked it is refused before any database query, as every
+    other failed key is."""
+    settings.API_AUTH_FAILURE_LIMIT = 2
+    guesser = Engine(client, unknown_key())
+    answers = [guesser.post("engine/sessions/s_guess/heartbeat").status_code for _ in range(3)]
+    assert answers == [401, 401, 429]
+    with CaptureQueriesContext(connection) as queries:
+        assert_rate_limited(guesser.post("engine/sessions/s_guess/release"), "auth_failures", 2)
+    assert len(queries) == 0
+
+
 def test_valid_key_traffic_never_counts_against_its_address(limiter_cache, settings, engine, client, re_pool):
     """However many requests valid keys make from one address, its failure allowance is untouched."""
     settings.API_AUTH_FAILURE_LIMIT = 2
