@@ -142,6 +142,12 @@ class LicensePoolQuerySet(models.QuerySet):
         return list(self.select_for_update(of=("self",)).order_by("pk"))
 
 
+def heartbeat_interval(lease_seconds):
+    """How often an engine is asked to heartbeat a lease of `lease_seconds`: five chances to renew
+    before it runs out, so a missed beat or two never costs a license."""
+    return max(10, lease_seconds // 5)
+
+
 class LicensePool(models.Model):
     """What an organization bought of one product. Every quota check locks this row first."""
 
@@ -182,8 +188,7 @@ class LicensePool(models.Model):
 
     @property
     def heartbeat_interval_seconds(self):
-        # Five chances to renew before the lease runs out: a missed beat or two never costs a license.
-        return max(10, self.lease_seconds // 5)
+        return heartbeat_interval(self.lease_seconds)
 
     def allow_patterns(self):
         return [line.strip() for line in self.machine_allow_list.splitlines() if line.strip()]

@@ -32,7 +32,7 @@ from django.db import DatabaseError, connection
 from django.db.models.functions import Now
 from django.utils.dateparse import parse_datetime
 
-from licenses.models import LicensePool, OfflineLicense, Product
+from licenses.models import LicensePool, OfflineLicense, Product, heartbeat_interval
 from organizations.models import Membership, Organization, User
 
 from .models import MACHINE_SEEN_RESOLUTION, ApiKey, EngineSession, Machine, QueueTicket, generate_session_id
@@ -177,6 +177,18 @@ def _person_fields():
 
 
 @functools.cache
+def _person_conversions(vendor):
+    """Each of the person's fields with the ORM's conversions of its column on this database, worked
+    out once per process: none on PostgreSQL; SQLite's booleans and datetimes."""
+    conversions = []
+    for field in _person_fields():
+        column = field.get_col(User._meta.db_table)
+        converters = connection.ops.get_db_converters(column) + column.get_db_converters(connection)
+        conversions.append((field, column, converters))
+    return conversions
+
+
+@functools.cache
 def _api_key_statement(vendor):
     query = ApiKey.objects.all().query
     now, _ = query.get_compiler(connection=connection).compile(Now().resolve_expression(query))
@@ -193,15 +205,13 @@ def usable_api_key(key_hash: str) -> ApiKey | None:
     if row is None:
         return None
     pk, organization_id, last_used_at, *person = row
-    fields = _person_fields()
+    conversions = _person_conversions(connection.vendor)
     converted = []
-    for field, value in zip(fields, person, strict=True):
-        # The ORM's own conversions (SQLite's booleans and datetimes, for one).
-        column = field.get_col(User._meta.db_table)
-        for converter in connection.ops.get_db_converters(column) + column.get_db_converters(connection):
+    for (_field, column, converters), value in zip(conversions, person, strict=True):
+        for converter in converters:
             value = converter(value, column, connection)
         converted.append(value)
-    user = User.from_db(connection.alias, [field.attname for field in fields], converted)
+    user = User.from_db(connection.alias, [field.attname for field, _column, _converters in conversions], converted)
     api_key = ApiKey.from_db(
         connection.alias,
         ["id", "user_id", "organization_id", "key_hash", "last_used_at"],
@@ -488,8 +498,7 @@ def heartbeat(*, key_hash, session_id) -> tuple[Lease, ApiKey] | None:
     if row is None:
         return None
     lease_expires_at, lease_seconds, key_pk, key_last_used_at = row
-    interval = LicensePool(lease_seconds=lease_seconds).heartbeat_interval_seconds
-    return Lease(session_id, lease_expires_at, interval), _used_key(key_pk, key_last_used_at)
+    return Lease(session_id, lease_expires_at, heartbeat_interval(lease_seconds)), _used_key(key_pk, key_last_used_at)
 
 
 # A release of a live session on a machine that is not ephemeral, by an active member, authenticated
