@@ -844,6 +844,9 @@ def claim_idempotency_key(*, api_key: ApiKey, key: str, fingerprint: str) -> Ide
     first request's transaction ends, then replays the answer it committed; if it rolled back (a
     database fault, a worker killed mid-request), the duplicate's insert succeeds and it is decided
     afresh. So every copy gets the same answer, and no claim outlives the request that made it."""
+    if not transaction.get_connection().in_atomic_block:
+        # In autocommit the claim would commit without its answer and refuse every retry as in use.
+        raise RuntimeError("An Idempotency-Key is claimed inside the transaction that decides the request.")
     for _ in range(3):
         try:
             with transaction.atomic():

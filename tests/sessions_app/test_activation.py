@@ -2,9 +2,10 @@
 
 from datetime import timedelta
 
+import pytest
 from django.utils import timezone
 
-from sessions_app.actions import request_fingerprint
+from sessions_app.actions import claim_idempotency_key, request_fingerprint
 from sessions_app.models import EngineSession, IdempotencyRecord, Machine
 from tests import factories
 
@@ -311,3 +312,12 @@ def test_a_claim_left_by_a_dead_request_is_taken_over(engine, api_key, re_pool):
     response = engine.post("engine/activate", body, **{"Idempotency-Key": "orphan"})
     assert response.status_code == 201
     assert engine.post("engine/activate", body, **{"Idempotency-Key": "orphan"}).json() == response.json()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idempotency_key_is_never_claimed_outside_the_deciding_transaction(api_key):
+    """A claim committed on its own, apart from the decision and its answer, would refuse every
+    retry as in use; claiming outside a transaction is refused and writes nothing."""
+    with pytest.raises(RuntimeError, match="inside the transaction"):
+        claim_idempotency_key(api_key=api_key, key="k-1", fingerprint=request_fingerprint({}))
+    assert not IdempotencyRecord.objects.exists()
