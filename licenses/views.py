@@ -77,14 +77,16 @@ def assign(request, product):
     context = _chooser_context(request, pool, search)
     if request.htmx and request.htmx.target == "chooser-results":
         return render(request, f"{CHOOSER_TEMPLATE}#chooser-results", context)
+    context["usage"] = pool.usage()
     if request.htmx:
         return render(request, f"{CHOOSER_TEMPLATE}#chooser", context | {"in_dialog": True})
     return render(request, CHOOSER_TEMPLATE, context)
 
 
 def _chooser_context(request, pool, search, *, chosen=(), refusal=None):
-    """One query for the page of candidates, one bounded count, one for the figures; `chosen` (the
-    people of a refused grant, shown ticked above the results) costs one more."""
+    """One query for the page of candidates and one bounded count; `chosen` (the people of a refused
+    grant, shown ticked above the results) costs one more. The licenses left (`usage`, one query) are
+    the caller's to add where the whole chooser is shown, not for each search's results."""
     search.is_valid()  # a field in error is left out of cleaned_data; the others still apply
     query = search.cleaned_data.get("q") or ""
     chosen_ids = [user.pk for user in chosen]
@@ -105,7 +107,6 @@ def _chooser_context(request, pool, search, *, chosen=(), refusal=None):
     return {
         "pool": pool,
         "org_id": request.organization.public_id,
-        "usage": pool.usage(),
         "search_form": search,
         "query": query,
         "candidates": page,
@@ -134,6 +135,7 @@ def grant(request, product):
         # Back to the chooser, with the refusal beside the button and the people chosen still ticked.
         chosen = sorted(form.cleaned_data.get("users", []), key=lambda user: (user.sort_key, user.email))
         context = _chooser_context(request, pool, ChooserSearchForm({}), chosen=chosen, refusal=refusal)
+        context["usage"] = pool.usage()
         if request.htmx:
             response = render(request, f"{CHOOSER_TEMPLATE}#chooser", context | {"in_dialog": True})
             return reswap(retarget(response, "#chooser"), "outerHTML")
@@ -152,7 +154,7 @@ def revoke(request, product):
     form = RevokeForm(request.POST if request.method == "POST" else request.GET, pool=pool)
     refusal = notice = None
     if request.method == "GET" and form.is_valid():
-        users = sorted(form.cleaned_data["users"], key=lambda user: (user.name, user.email))
+        users = sorted(form.cleaned_data["users"], key=lambda user: (user.sort_key, user.email))
         names = [user.display_name for user in users]
         return ask_to_confirm(
             request,

@@ -108,6 +108,19 @@ def test_members_and_runtime_engine_have_no_chooser(member_client, organization,
     assert owner_client.get(assign_url(re_pool)).status_code == 404
 
 
+def test_a_search_answers_its_results_without_counting_the_licenses_left(
+    owner_client, organization, kse_pool, django_assert_num_queries
+):
+    """Each keystroke of the search asks for the results alone, which do not show the licenses left:
+    one query fewer than the whole chooser."""
+    add_members(organization, [f"Member {n}" for n in range(5)])
+    with CaptureQueriesContext(connection) as whole:
+        owner_client.get(assign_url(kse_pool, q="member"), headers=HTMX)
+    with django_assert_num_queries(len(whole.captured_queries) - 1):
+        response = owner_client.get(assign_url(kse_pool, q="member"), headers=HTMX | {"HX-Target": "chooser-results"})
+    assert response.status_code == 200 and "Member 1" in response.text
+
+
 @pytest.mark.parametrize("htmx", [False, True], ids=["page", "htmx"])
 def test_the_chooser_takes_the_same_queries_for_twenty_members_or_two_thousand(
     owner_client, organization, kse_pool, htmx, django_assert_max_num_queries
