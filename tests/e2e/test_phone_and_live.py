@@ -205,7 +205,9 @@ def test_without_javascript_the_live_list_says_when_it_was_drawn(page_without_js
     started = section.locator('td[data-label="Started"] time').first
     assert TIME.match(started.inner_text()) and started.get_attribute("datetime")
     page.goto(org_url(page, acme, "audit/"))
-    for moment in page.locator('td[data-label="When"] time').all():
+    moments = page.locator('td[data-label="When"] time')
+    expect(moments.first).to_be_visible()
+    for moment in moments.all():
         assert TIME.match(moment.inner_text())
 
 
