@@ -359,7 +359,9 @@ def report_sweep(results, rounds, label):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of every scenario (3 to 10)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of every scenario (1 to 10; medians with ranges need 3 or more)"
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per run (2 to 60)")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections (1 to 20)")
     parser.add_argument("--only", choices=SCENARIOS, action="append", help="run only these scenarios")

@@ -87,8 +87,8 @@ TEMPLATES = [
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # The engine API is the hot path: keep connections open between requests. No health check
-    # before each request's first query: it is a round trip on every request (an engine call is two
-    # now), and it only spares the first request of each worker thread after a database restart,
+    # before each request's first query: it is a round trip on every request (an engine call is one
+    # or two now), and it only spares the first request of each worker thread after a database restart,
     # which the engine API answers 503 with Retry-After (engines retry) and Django then replaces the
     # broken connection at the end of that request. DATABASE_URL=…?conn_health_checks=true turns it on.
     DATABASES["default"].setdefault("CONN_MAX_AGE", 600)
