@@ -120,7 +120,7 @@ def main():
         f"  ratio with/without metrics middleware: median {statistics.median(ratios):.3f} "
         f"({min(ratios):.3f}-{max(ratios):.3f}), per round"
     )
-    print(f"  the two metrics middlewares alone, around a view doing nothing: {fmt(bare)} per request")
+    print(f"  the metrics middleware alone, around a view doing nothing: {fmt(bare)} per request")
     print(f"  activation counter increment alone: {fmt(increments)}")
 
 
