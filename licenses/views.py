@@ -76,11 +76,16 @@ def assign(request, product):
     search = ChooserSearchForm(request.GET)
     context = _chooser_context(request, pool, search)
     if request.htmx and request.htmx.target == "chooser-results":
-        return render(request, f"{CHOOSER_TEMPLATE}#chooser-results", context)
-    context["usage"] = pool.usage()
-    if request.htmx:
-        return render(request, f"{CHOOSER_TEMPLATE}#chooser", context | {"in_dialog": True})
-    return render(request, CHOOSER_TEMPLATE, context)
+        response = render(request, f"{CHOOSER_TEMPLATE}#chooser-results", context)
+    else:
+        context["usage"] = pool.usage()
+        if request.htmx:
+            response = render(request, f"{CHOOSER_TEMPLATE}#chooser", context | {"in_dialog": True})
+        else:
+            response = render(request, CHOOSER_TEMPLATE, context)
+    # The same address answers with a page or a fragment: caches keep them apart.
+    patch_vary_headers(response, ["HX-Request", "HX-Target"])
+    return response
 
 
 def _chooser_context(request, pool, search, *, chosen=(), refusal=None):

@@ -8,6 +8,7 @@ so the confirmation costs the view one `if request.method == "GET"` branch."""
 from dataclasses import dataclass, field
 
 from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
 
 CONFIRM_TEMPLATE = "confirm.html"
 # The <dialog>'s content in base.html, where htmx puts a confirmation fragment.
@@ -39,5 +40,8 @@ def ask_to_confirm(request, confirmation, *, status=200):
         response = render(request, f"{CONFIRM_TEMPLATE}#dialog", context, status=status)
         response["HX-Retarget"] = CONFIRM_SLOT
         response["HX-Reswap"] = "innerHTML"
-        return response
-    return render(request, CONFIRM_TEMPLATE, context, status=status)
+    else:
+        response = render(request, CONFIRM_TEMPLATE, context, status=status)
+    # The same address answers with a page or a fragment: caches keep them apart.
+    patch_vary_headers(response, ["HX-Request"])
+    return response

@@ -493,3 +493,16 @@ def count_queries_htmx(client, path):
         response = client.get(path, headers=HTMX)
     assert response.status_code == 200
     return len(captured.captured_queries)
+
+
+def test_pages_that_also_answer_htmx_with_a_fragment_tell_caches_to_keep_them_apart(owner_client, kse_pool, members):
+    """The assign chooser and a confirmation answer the same address with a page or, for htmx, a
+    fragment: a browser going back must never be shown a bare fragment as the page."""
+    actions.grant_licenses(pool=kse_pool, users=members[:1], actor=None)
+    asking = url("licenses_revoke", kse_pool) + f"?users={members[0].pk}"
+    chooser = reverse("licenses_assign", args=[kse_pool.organization.public_id, "KSE"])
+    for address in (asking, chooser):
+        for headers in ({}, HTMX):
+            response = owner_client.get(address, headers=headers)
+            assert response.status_code == 200
+            assert "HX-Request" in response["Vary"], address
