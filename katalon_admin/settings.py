@@ -92,19 +92,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # which the engine API answers 503 with Retry-After (engines retry) and Django then replaces the
     # broken connection at the end of that request. DATABASE_URL=…?conn_health_checks=true turns it on.
     DATABASES["default"].setdefault("CONN_MAX_AGE", 600)
-    _health_checks = DATABASES["default"].get("CONN_HEALTH_CHECKS", False)
-    if isinstance(_health_checks, str):  # django-environ leaves "true" a string, and "false" is truthy
-        _health_checks = _health_checks.strip().lower() in {"true", "1", "yes", "on"}
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = bool(_health_checks)
+
+    def _url_flag(name):
+        # django-environ leaves a DATABASE_URL option such as "false" a string, which is truthy.
+        value = DATABASES["default"].get(name, False)
+        return env.parse_value(value, bool) if isinstance(value, str) else bool(value)
+
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = _url_flag("CONN_HEALTH_CHECKS")
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     # Behind PgBouncer in transaction pooling, DATABASE_URL ends in ?disable_server_side_cursors=true:
     # a server-side cursor (QuerySet.iterator(), used by the CSV exports) and the engine API's prepared
     # statements (sessions_app/hotpath.py) must stay on one server connection across transactions,
     # which transaction pooling does not promise.
-    _disable_cursors = DATABASES["default"].get("DISABLE_SERVER_SIDE_CURSORS", False)
-    if isinstance(_disable_cursors, str):  # django-environ leaves "true" a string
-        _disable_cursors = _disable_cursors.strip().lower() in {"true", "1", "yes", "on"}
-    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = bool(_disable_cursors)
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = _url_flag("DISABLE_SERVER_SIDE_CURSORS")
 else:
     # SQLite serialises writers; wait for the lock instead of failing with "database is locked",
     # and take the write lock at BEGIN so a read-then-write transaction cannot deadlock.
