@@ -13,7 +13,6 @@ import time
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
-from django.db.models import Count
 from django.http import HttpResponse, HttpResponseNotAllowed, JsonResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,7 +25,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from licenses.models import LicensePool
+from licenses.models import LicensePool, count_in_pool
 from sessions_app.models import EngineSession, Machine
 
 # Once this process has seen every migration applied it stops asking: migrations are not unapplied
@@ -82,20 +81,16 @@ class PoolCollector:
                 "katalon_pool_machine_quota", "Machines the pool allows.", labels=labels
             ),
         }
-        pools = LicensePool.objects.values_list("pk", "organization__public_id", "product", "quota", "machine_quota")
-        live = _counts_by_pool(EngineSession.objects.live())
-        registered = _counts_by_pool(Machine.objects.registered())
-        for pk, organization, product, quota, machine_quota in pools:
+        pools = LicensePool.objects.annotate(
+            live=count_in_pool(EngineSession.objects.live()), registered=count_in_pool(Machine.objects.registered())
+        ).values_list("pk", "organization__public_id", "product", "quota", "machine_quota", "live", "registered")
+        for pk, organization, product, quota, machine_quota, live, registered in pools:
             values = [organization, product, str(pk)]
-            families["sessions"].add_metric(values, live.get(pk, 0))
+            families["sessions"].add_metric(values, live)
             families["quota"].add_metric(values, quota)
-            families["machines"].add_metric(values, registered.get(pk, 0))
+            families["machines"].add_metric(values, registered)
             families["machine_quota"].add_metric(values, machine_quota)
         yield from families.values()
-
-
-def _counts_by_pool(queryset):
-    return dict(queryset.order_by().values("pool_id").annotate(n=Count("pk")).values_list("pool_id", "n"))
 
 
 def _authorized(request):
